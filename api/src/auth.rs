@@ -1,0 +1,265 @@
+//! Bearer tokens: HS256 JWTs with `sub`, `role` and `exp`, signed with the server's secret.
+
+use std::fmt;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a caller may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Patient,
+    Provider,
+    Admin,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "patient",
+            Self::Provider => "provider",
+            Self::Admin => "admin",
+            Self::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "patient" => Some(Self::Patient),
+            "provider" => Some(Self::Provider),
+            "admin" => Some(Self::Admin),
+            "auditor" => Some(Self::Auditor),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+}
+
+/// Why a token was refused. Deliberately vague towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the bearer token is malformed")]
+    Malformed,
+    #[error("the bearer token's signature is not valid")]
+    BadSignature,
+    #[error("the bearer token has expired")]
+    Expired,
+}
+
+/// The HS256 key shared by the server and the `token` command.
+#[derive(Clone)]
+pub struct TokenKey {
+    secret: SecretString,
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey([redacted])")
+    }
+}
+
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+impl TokenKey {
+    pub fn new(secret: SecretString) -> Self {
+        Self { secret }
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC takes keys of any length, so this cannot fail.
+        HmacSha256::new_from_slice(self.secret.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
+    }
+
+    /// Signs a token for `claims`.
+    pub fn mint(&self, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(HEADER);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let signing_input = format!("{header}.{payload}");
+        let mut mac = self.mac();
+        mac.update(signing_input.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
+    /// Checks the signature (in constant time), the algorithm and the expiry.
+    pub fn verify(&self, token: &str, now_unix: i64) -> Result<Claims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(header_b64)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or(TokenError::Malformed)?;
+        if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+            return Err(TokenError::Malformed);
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(header_b64.as_bytes());
+        mac.update(b".");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or(TokenError::Malformed)?;
+        if claims.exp <= now_unix {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub id: String,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("your role may not do this"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ))?;
+        let claims = state
+            .token_key
+            .verify(token.trim(), state.clock.now().timestamp())
+            .map_err(|err| {
+                ApiError::Unauthorized(match err {
+                    TokenError::Malformed => "the bearer token is malformed",
+                    TokenError::BadSignature => "the bearer token's signature is not valid",
+                    TokenError::Expired => "the bearer token has expired",
+                })
+            })?;
+        let valid_sub = (1..=64).contains(&claims.sub.len())
+            && claims
+                .sub
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid_sub {
+            return Err(ApiError::Unauthorized(
+                "the bearer token's subject is not valid",
+            ));
+        }
+        Ok(Self {
+            id: claims.sub,
+            role: claims.role,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(secret: &str) -> TokenKey {
+        TokenKey::new(SecretString::from(secret.to_owned()))
+    }
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            sub: "prov-1".into(),
+            role: Role::Provider,
+            exp,
+            iat: None,
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_until_it_expires() {
+        let token = key("s3cret").mint(&claims(1_000));
+        assert_eq!(key("s3cret").verify(&token, 999), Ok(claims(1_000)));
+        assert_eq!(
+            key("s3cret").verify(&token, 1_000),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_or_altered_is_refused() {
+        let token = key("s3cret").mint(&claims(1_000));
+        assert_eq!(
+            key("other").verify(&token, 0),
+            Err(TokenError::BadSignature)
+        );
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(r#"{"sub":"x","role":"admin","exp":5000}"#);
+        parts[1] = &forged;
+        assert_eq!(
+            key("s3cret").verify(&parts.join("."), 0),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn unsigned_and_malformed_tokens_are_refused() {
+        let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"x","role":"admin","exp":5000}"#);
+        let k = key("s3cret");
+        assert_eq!(
+            k.verify(&format!("{none_header}.{payload}."), 0),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(k.verify("abc", 0), Err(TokenError::Malformed));
+        assert_eq!(k.verify("a.b.c.d", 0), Err(TokenError::Malformed));
+    }
+}

@@ -1,0 +1,162 @@
+//! Extractors that turn the parts of a request into checked values, with problem+json errors.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::{is_token, RequestId};
+
+/// The raw request body, at most [`crate::MAX_BODY_BYTES`].
+#[derive(Debug)]
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(rejection) => {
+                let status = rejection.into_response().status();
+                Err(ApiError::MalformedBody(format!(
+                    "the request body could not be read ({status})"
+                )))
+            }
+        }
+    }
+}
+
+/// Parses a JSON body. Errors name the place in the document, never the offending value,
+/// which may be private.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedBody(
+            "a JSON request body is required".to_owned(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|err| {
+        use serde_json::error::Category;
+        let message = match err.classify() {
+            Category::Syntax | Category::Eof | Category::Io => format!(
+                "the request body is not valid JSON (line {}, column {})",
+                err.line(),
+                err.column()
+            ),
+            Category::Data => {
+                let text = err.to_string();
+                // serde's "missing field `x`" names only the field; other data errors quote
+                // the value, so only their position is given.
+                match text.split(" at line").next() {
+                    Some(missing) if missing.starts_with("missing field") => missing.to_owned(),
+                    _ => format!(
+                        "the request body has a field of the wrong type (line {}, column {})",
+                        err.line(),
+                        err.column()
+                    ),
+                }
+            }
+        };
+        ApiError::MalformedBody(message)
+    })
+}
+
+/// What a command request carries besides its body.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub request_id: String,
+    pub correlation_id: String,
+    pub idempotency_key: Option<String>,
+    /// The version named by `If-Match`.
+    pub if_match: Option<u64>,
+    /// `METHOD path`, part of the request's fingerprint for idempotency.
+    pub target: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CommandContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .map(|v| v.to_str().map(str::trim).unwrap_or_default().to_owned())
+        };
+        let correlation_id = header("x-correlation-id")
+            .filter(|v| is_token(v))
+            .unwrap_or_else(|| request_id.clone());
+        let idempotency_key = match header("idempotency-key") {
+            Some(key) if is_token(&key) => Some(key),
+            Some(_) => {
+                return Err(ApiError::Validation {
+                    field: "Idempotency-Key".to_owned(),
+                    message: "must be 1 to 128 characters of letters, digits, '-', '_', '.', ':'"
+                        .to_owned(),
+                })
+            }
+            None => None,
+        };
+        let if_match = match header("if-match") {
+            Some(value) => Some(parse_version(&value).ok_or_else(|| ApiError::Validation {
+                field: "If-Match".to_owned(),
+                message: "must be a version number, e.g. \"3\"".to_owned(),
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            request_id,
+            correlation_id,
+            idempotency_key,
+            if_match,
+            target: format!("{} {}", parts.method, parts.uri.path()),
+        })
+    }
+}
+
+/// Reads `3`, `"3"` or `W/"3"`.
+fn parse_version(value: &str) -> Option<u64> {
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    value.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_accepts_bare_quoted_and_weak_versions() {
+        assert_eq!(parse_version("3"), Some(3));
+        assert_eq!(parse_version("\"3\""), Some(3));
+        assert_eq!(parse_version("W/\"12\""), Some(12));
+        assert_eq!(parse_version("*"), None);
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Shape {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let err = parse_json::<Shape>(br#"{"n": "secret chest pain"}"#)
+            .expect_err("a string is not a number");
+        assert!(!err.to_string().contains("chest"), "{err}");
+        let err = parse_json::<Shape>(b"{}").expect_err("n is missing");
+        assert_eq!(err.to_string(), "missing field `n`");
+    }
+}

@@ -1,0 +1,124 @@
+//! The HTTP API: routes, bearer auth, problem+json errors, idempotent commands.
+//!
+//! Only this crate knows HTTP and the JSON shapes of requests; it turns them into validated
+//! domain commands and hands those to the store.
+
+mod auth;
+mod command;
+mod error;
+mod extract;
+mod routes;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use consult_store::Store;
+
+pub use auth::{Caller, Claims, Role, TokenError, TokenKey};
+pub use error::{ApiError, Problem};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Where handlers read the time. Injected so tests could drive it.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The machine's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The event store and its side tables.
+    pub store: Store,
+    /// Verifies bearer tokens.
+    pub token_key: TokenKey,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The request id of the current request, from `X-Request-Id` or made up.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// All routes, with the body limit, request ids and request logging.
+pub fn router(state: AppState) -> Router {
+    use routes::{consultations as c, health, providers as p};
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/providers", post(p::register))
+        .route("/v1/providers/{id}", get(p::get))
+        .route("/v1/consultations", post(c::book))
+        .route("/v1/consultations/{id}", get(c::get))
+        .route("/v1/consultations/{id}/accept", post(c::accept))
+        .route("/v1/consultations/{id}/decline", post(c::decline))
+        .route("/v1/consultations/{id}/reschedule", post(c::reschedule))
+        .route("/v1/consultations/{id}/cancel", post(c::cancel))
+        .route("/v1/consultations/{id}/complete", post(c::complete))
+        .route("/v1/consultations/{id}/no-show", post(c::no_show))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Gives each request an id (the client's `X-Request-Id` when it is sane), echoes it in the
+/// response, and logs one line per request: method, route template, status, time. Never the
+/// query string or body, which may hold personal data.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_token(v))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    tracing::info!(
+        %method,
+        route,
+        status,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id,
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// A short opaque token: letters, digits, `-`, `_`, `.`, `:`; at most 128 bytes.
+pub(crate) fn is_token(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}

@@ -1,0 +1,433 @@
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use consult_domain::{
+    Booking, BoundedText, Canceller, Consultation, ConsultationCommand, Contact, DurationMinutes,
+    EmailAddress, Mode, Party, PatientId, PhoneNumber, Provider, ProviderId, StartTime, TimeZone,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{Caller, Role};
+use crate::command::{idempotent, metadata, Reply};
+use crate::error::ApiError;
+use crate::extract::{parse_json, CommandContext, RawBody};
+use crate::AppState;
+
+/// Longest free text we accept in a reason.
+const REASON_MAX_CHARS: usize = 2000;
+
+#[derive(Debug, Deserialize)]
+struct ContactRequest {
+    phone: Option<String>,
+    email: Option<String>,
+    #[serde(default)]
+    whatsapp: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct BookRequest {
+    provider_id: String,
+    starts_at: String,
+    duration_minutes: i64,
+    mode: String,
+    timezone: String,
+    contact: ContactRequest,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReasonRequest {
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RescheduleRequest {
+    starts_at: String,
+    duration_minutes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NoShowRequest {
+    party: String,
+}
+
+fn field<T, E: std::fmt::Display>(name: &str, result: Result<T, E>) -> Result<T, ApiError> {
+    result.map_err(|err| ApiError::Validation {
+        field: name.to_owned(),
+        message: err.to_string(),
+    })
+}
+
+fn parse_instant(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::Validation {
+            field: name.to_owned(),
+            message: "must be an RFC 3339 timestamp, e.g. 2030-01-31T14:00:00Z".to_owned(),
+        })
+}
+
+fn parse_reason(text: &str) -> Result<BoundedText, ApiError> {
+    field("reason", BoundedText::parse(text, REASON_MAX_CHARS))
+}
+
+impl BookRequest {
+    fn validate(self, patient: &Caller, now: DateTime<Utc>) -> Result<Booking, ApiError> {
+        let mode = match self.mode.as_str() {
+            "video" => Mode::Video,
+            "voice" => Mode::Voice,
+            "messaging" => Mode::Messaging,
+            _ => {
+                return Err(ApiError::Validation {
+                    field: "mode".to_owned(),
+                    message: "must be one of video, voice, messaging".to_owned(),
+                })
+            }
+        };
+        let phone = self
+            .contact
+            .phone
+            .as_deref()
+            .map(PhoneNumber::parse)
+            .transpose();
+        let email = self
+            .contact
+            .email
+            .as_deref()
+            .map(EmailAddress::parse)
+            .transpose();
+        let contact = field(
+            "contact",
+            Contact::new(
+                field("contact.phone", phone)?,
+                field("contact.email", email)?,
+                self.contact.whatsapp,
+            ),
+        )?;
+        Ok(Booking {
+            consultation_id: Uuid::nil(),
+            patient_id: field("sub", PatientId::parse(&patient.id))?,
+            provider_id: field("provider_id", ProviderId::parse(&self.provider_id))?,
+            starts_at: field(
+                "starts_at",
+                StartTime::parse(parse_instant("starts_at", &self.starts_at)?, now),
+            )?,
+            duration: field(
+                "duration_minutes",
+                DurationMinutes::parse(self.duration_minutes),
+            )?,
+            mode,
+            timezone: field("timezone", TimeZone::parse(&self.timezone))?,
+            contact,
+            reason: self.reason.as_deref().map(parse_reason).transpose()?,
+        })
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound("no such consultation"))
+}
+
+/// Whether `caller` is a party to the consultation in one of the roles allowed.
+fn authorize(caller: &Caller, booking: &Booking, allowed: &[Role]) -> Result<(), ApiError> {
+    let owns = match caller.role {
+        Role::Patient => booking.patient_id.as_str() == caller.id,
+        Role::Provider => booking.provider_id.as_str() == caller.id,
+        Role::Admin | Role::Auditor => true,
+    };
+    if !allowed.contains(&caller.role) {
+        Err(ApiError::Forbidden("your role may not do this"))
+    } else if !owns {
+        Err(ApiError::Forbidden("this consultation is not yours"))
+    } else {
+        Ok(())
+    }
+}
+
+fn command_body(id: Uuid, committed: &consult_store::Committed<Consultation>) -> Value {
+    json!({
+        "id": id,
+        "status": committed.aggregate.status.as_str(),
+        "payment_status": committed.aggregate.payment.as_str(),
+        "version": committed.version,
+        "position": committed.position,
+    })
+}
+
+/// `POST /v1/consultations` (patient).
+pub async fn book(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Patient])?;
+    idempotent(&state, &caller, &ctx, &body, || async {
+        let now = state.clock.now();
+        let mut booking = parse_json::<BookRequest>(&body)?.validate(&caller, now)?;
+        let provider = state
+            .store
+            .load::<Provider>(booking.provider_id.as_str())
+            .await?;
+        if provider.is_none() {
+            return Err(ApiError::Validation {
+                field: "provider_id".to_owned(),
+                message: "no provider is registered under this id".to_owned(),
+            });
+        }
+        let id = Uuid::new_v4();
+        booking.consultation_id = id;
+        let command = ConsultationCommand::Book { booking, at: now };
+        let committed = state
+            .store
+            .execute::<Consultation, ApiError, _>(
+                &id.to_string(),
+                &metadata(&caller, &ctx),
+                None,
+                |c| {
+                    c.decide(command.clone())
+                        .map_err(ApiError::InvalidTransition)
+                },
+            )
+            .await?;
+        tracing::info!(consultation_id = %id, version = committed.version, "consultation booked");
+        Ok(Reply {
+            status: 201,
+            location: Some(format!("/v1/consultations/{id}")),
+            body: command_body(id, &committed),
+        })
+    })
+    .await
+}
+
+/// Runs one command on an existing consultation for a caller allowed to give it.
+async fn transition<F>(
+    state: AppState,
+    caller: Caller,
+    ctx: CommandContext,
+    id: String,
+    body: &[u8],
+    allowed: &'static [Role],
+    build: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(&[u8], DateTime<Utc>) -> Result<ConsultationCommand, ApiError>,
+{
+    caller.require(allowed)?;
+    let id = parse_id(&id)?;
+    idempotent(&state, &caller, &ctx, body, || async {
+        let command = build(body, state.clock.now())?;
+        let action = command.action();
+        let committed = state
+            .store
+            .execute::<Consultation, ApiError, _>(
+                &id.to_string(),
+                &metadata(&caller, &ctx),
+                ctx.if_match,
+                |c| {
+                    let booking = c
+                        .booking
+                        .as_ref()
+                        .ok_or(ApiError::NotFound("no such consultation"))?;
+                    authorize(&caller, booking, allowed)?;
+                    c.decide(command.clone())
+                        .map_err(ApiError::InvalidTransition)
+                },
+            )
+            .await?;
+        tracing::info!(
+            consultation_id = %id,
+            action = ?action,
+            version = committed.version,
+            written = committed.written,
+            "command accepted"
+        );
+        Ok(Reply {
+            status: 200,
+            location: None,
+            body: command_body(id, &committed),
+        })
+    })
+    .await
+}
+
+/// `POST /v1/consultations/{id}/accept` (its provider).
+pub async fn accept(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    transition(state, caller, ctx, id, &body, &[Role::Provider], |_, at| {
+        Ok(ConsultationCommand::Accept { at })
+    })
+    .await
+}
+
+/// `POST /v1/consultations/{id}/decline` (its provider).
+pub async fn decline(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    transition(
+        state,
+        caller,
+        ctx,
+        id,
+        &body,
+        &[Role::Provider],
+        |body, at| {
+            let request: ReasonRequest = parse_json(body)?;
+            Ok(ConsultationCommand::Decline {
+                reason: parse_reason(&request.reason)?,
+                at,
+            })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/consultations/{id}/reschedule` (its patient or provider).
+pub async fn reschedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let by = if caller.role == Role::Provider {
+        Party::Provider
+    } else {
+        Party::Patient
+    };
+    let allowed = &[Role::Patient, Role::Provider];
+    transition(state, caller, ctx, id, &body, allowed, |body, at| {
+        let request: RescheduleRequest = parse_json(body)?;
+        let starts_at = parse_instant("starts_at", &request.starts_at)?;
+        Ok(ConsultationCommand::Reschedule {
+            starts_at: field("starts_at", StartTime::parse(starts_at, at))?,
+            duration: request
+                .duration_minutes
+                .map(|m| field("duration_minutes", DurationMinutes::parse(m)))
+                .transpose()?,
+            by,
+            at,
+        })
+    })
+    .await
+}
+
+/// `POST /v1/consultations/{id}/cancel` (its patient, its provider, admin).
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let by = match caller.role {
+        Role::Provider => Canceller::Provider,
+        Role::Admin => Canceller::Admin,
+        _ => Canceller::Patient,
+    };
+    let allowed = &[Role::Patient, Role::Provider, Role::Admin];
+    transition(state, caller, ctx, id, &body, allowed, |body, at| {
+        let request: ReasonRequest = parse_json(body)?;
+        Ok(ConsultationCommand::Cancel {
+            by,
+            reason: parse_reason(&request.reason)?,
+            at,
+        })
+    })
+    .await
+}
+
+/// `POST /v1/consultations/{id}/complete` (its provider).
+pub async fn complete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    transition(state, caller, ctx, id, &body, &[Role::Provider], |_, at| {
+        Ok(ConsultationCommand::Complete { at })
+    })
+    .await
+}
+
+/// `POST /v1/consultations/{id}/no-show` (its provider, admin).
+pub async fn no_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let allowed = &[Role::Provider, Role::Admin];
+    transition(state, caller, ctx, id, &body, allowed, |body, at| {
+        let request: NoShowRequest = parse_json(body)?;
+        let party = match request.party.as_str() {
+            "patient" => Party::Patient,
+            "provider" => Party::Provider,
+            _ => {
+                return Err(ApiError::Validation {
+                    field: "party".to_owned(),
+                    message: "must be patient or provider".to_owned(),
+                })
+            }
+        };
+        Ok(ConsultationCommand::RecordNoShow { party, at })
+    })
+    .await
+}
+
+/// `GET /v1/consultations/{id}` (its participants, admin, auditor), read from the events.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let allowed = &[Role::Patient, Role::Provider, Role::Admin, Role::Auditor];
+    caller.require(allowed)?;
+    let id = parse_id(&id)?;
+    let loaded = state
+        .store
+        .load::<Consultation>(&id.to_string())
+        .await?
+        .ok_or(ApiError::NotFound("no such consultation"))?;
+    let consultation = loaded.aggregate;
+    let booking = consultation
+        .booking
+        .as_ref()
+        .ok_or(ApiError::NotFound("no such consultation"))?;
+    authorize(&caller, booking, allowed)?;
+    let mode = match booking.mode {
+        Mode::Video => "video",
+        Mode::Voice => "voice",
+        Mode::Messaging => "messaging",
+    };
+    Ok(Json(json!({
+        "id": id,
+        "status": consultation.status.as_str(),
+        "payment_status": consultation.payment.as_str(),
+        "patient_id": booking.patient_id.as_str(),
+        "provider_id": booking.provider_id.as_str(),
+        "starts_at": booking.starts_at.instant(),
+        "ends_at": consultation.ends_at(),
+        "duration_minutes": booking.duration.minutes(),
+        "timezone": booking.timezone.name(),
+        "mode": mode,
+        "room": consultation.room.as_ref().map(|r| json!({"name": r.name, "provider": r.provider})),
+        "reason": booking.reason.as_ref().map(BoundedText::as_str),
+        "version": loaded.version,
+        "updated_at": consultation.updated_at,
+    })))
+}

@@ -1,0 +1,13 @@
+pub mod consultations;
+pub mod health;
+pub mod providers;
+
+use crate::error::ApiError;
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,115 @@
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use consult_domain::{
+    BoundedText, EmailAddress, PhoneNumber, Provider, ProviderCommand, ProviderError, ProviderId,
+    ProviderProfile, TimeZone,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{Caller, Role};
+use crate::command::{idempotent, metadata, Reply};
+use crate::error::ApiError;
+use crate::extract::{parse_json, CommandContext, RawBody};
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+struct RegisterRequest {
+    id: String,
+    name: String,
+    phone: String,
+    email: String,
+    timezone: String,
+}
+
+impl RegisterRequest {
+    fn validate(&self) -> Result<ProviderProfile, ApiError> {
+        Ok(ProviderProfile {
+            id: ProviderId::parse(&self.id).map_err(|e| ApiError::validation("id", &e))?,
+            name: BoundedText::parse(&self.name, 200)
+                .map_err(|e| ApiError::validation("name", &e))?,
+            phone: PhoneNumber::parse(&self.phone)
+                .map_err(|e| ApiError::validation("phone", &e))?,
+            email: EmailAddress::parse(&self.email)
+                .map_err(|e| ApiError::validation("email", &e))?,
+            timezone: TimeZone::parse(&self.timezone)
+                .map_err(|e| ApiError::validation("timezone", &e))?,
+        })
+    }
+}
+
+fn view(profile: &ProviderProfile, full: bool) -> Value {
+    let mut body = json!({
+        "id": profile.id.as_str(),
+        "name": profile.name.as_str(),
+        "timezone": profile.timezone.name(),
+    });
+    if full {
+        body["phone"] = json!(profile.phone.as_str());
+        body["email"] = json!(profile.email.as_str());
+    }
+    body
+}
+
+/// `POST /v1/providers` (admin).
+pub async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ctx: CommandContext,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    idempotent(&state, &caller, &ctx, &body, || async {
+        let profile = parse_json::<RegisterRequest>(&body)?.validate()?;
+        let command = ProviderCommand::Register {
+            profile: profile.clone(),
+            at: state.clock.now(),
+        };
+        let committed = state
+            .store
+            .execute::<Provider, ApiError, _>(
+                profile.id.as_str(),
+                &metadata(&caller, &ctx),
+                ctx.if_match,
+                |provider| {
+                    provider.decide(command.clone()).map_err(|err| match err {
+                        ProviderError::AlreadyRegistered => {
+                            ApiError::AlreadyExists("a provider with this id is registered already")
+                        }
+                    })
+                },
+            )
+            .await?;
+        tracing::info!(provider_id = %profile.id, "provider registered");
+        let mut body = view(&profile, true);
+        body["status"] = json!("registered");
+        body["version"] = json!(committed.version);
+        body["position"] = json!(committed.position);
+        Ok(Reply {
+            status: 201,
+            location: Some(format!("/v1/providers/{}", profile.id)),
+            body,
+        })
+    })
+    .await
+}
+
+/// `GET /v1/providers/{id}`: contact details for admins, auditors and the provider itself;
+/// name and time zone for everyone signed in.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = ProviderId::parse(&id).map_err(|_| ApiError::NotFound("no such provider"))?;
+    let provider = state
+        .store
+        .load::<Provider>(id.as_str())
+        .await?
+        .and_then(|loaded| loaded.aggregate.profile)
+        .ok_or(ApiError::NotFound("no such provider"))?;
+    let full = matches!(caller.role, Role::Admin | Role::Auditor)
+        || (caller.role == Role::Provider && caller.id == id.as_str());
+    Ok(Json(view(&provider, full)))
+}

@@ -1,0 +1,118 @@
+//! Configuration from the environment (and the flags that mirror it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Which parts of the engine this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub workers: bool,
+}
+
+impl Roles {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut roles = Self {
+            api: false,
+            workers: false,
+        };
+        for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "workers" => roles.workers = true,
+                _ => return Err(ConfigError::Roles),
+            }
+        }
+        if roles.api || roles.workers {
+            Ok(roles)
+        } else {
+            Err(ConfigError::Roles)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("ROLES must list api, workers or both, comma-separated")]
+    Roles,
+    #[error("{name} must be a duration such as 90s, 15m, 24h or 2d")]
+    Duration { name: &'static str },
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub bind: String,
+    pub public_base_url: String,
+    pub app_url: String,
+    pub roles: Roles,
+    pub jwt_secret: SecretString,
+}
+
+/// The database URL: the configured one, or the SQLite file in the data directory.
+pub fn database_url(configured: Option<String>, data_dir: &std::path::Path) -> String {
+    configured
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("consult.db").display()))
+}
+
+/// Reads `90s`, `15m`, `24h`, `2d`.
+pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(ConfigError::Duration { name })?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| ConfigError::Duration { name })?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(ConfigError::Duration { name }),
+    };
+    number
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or(ConfigError::Duration { name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        assert_eq!(
+            parse_duration("X", "24h").ok(),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_duration("X", "15m").ok(),
+            Some(Duration::from_secs(900))
+        );
+        assert!(parse_duration("X", "15").is_err());
+        assert!(parse_duration("X", "h").is_err());
+        assert!(parse_duration("X", "3w").is_err());
+    }
+
+    #[test]
+    fn roles_are_api_workers_or_both() {
+        assert_eq!(
+            Roles::parse("api,workers").ok(),
+            Some(Roles {
+                api: true,
+                workers: true
+            })
+        );
+        assert!(Roles::parse("workers").is_ok_and(|r| !r.api && r.workers));
+        assert!(Roles::parse("web").is_err());
+        assert!(Roles::parse("").is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! The consultation engine as a program: configuration, start-up and shutdown. `main.rs` holds
+//! only the command line; tests start the same [`Application`] on port 0.
+
+pub mod config;
+pub mod secret;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use consult_api::{AppState, SystemClock, TokenKey};
+use consult_store::{Store, StoreError, StoreOptions};
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError, Roles};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {bind}")]
+    Bind {
+        bind: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built engine: store open and migrated, listener bound, not serving yet.
+#[derive(Debug)]
+pub struct Application {
+    /// The store this process writes to; kept to close it on shutdown.
+    store: Store,
+    /// `None` when this process does not run the API role.
+    listener: Option<TcpListener>,
+    state: AppState,
+    roles: Roles,
+}
+
+impl Application {
+    /// Opens and migrates the store and binds the listener (port 0 picks a free port).
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let store = Store::connect(&StoreOptions::new(config.database_url.clone())).await?;
+        store.migrate().await?;
+        let listener =
+            if config.roles.api {
+                Some(TcpListener::bind(&config.bind).await.map_err(|source| {
+                    StartupError::Bind {
+                        bind: config.bind.clone(),
+                        source,
+                    }
+                })?)
+            } else {
+                None
+            };
+        let state = AppState {
+            store: store.clone(),
+            token_key: TokenKey::new(config.jwt_secret.clone()),
+            clock: Arc::new(SystemClock),
+        };
+        Ok(Self {
+            store,
+            listener,
+            state,
+            roles: config.roles,
+        })
+    }
+
+    /// The port the API listens on, if this process runs the API.
+    pub fn port(&self) -> Option<u16> {
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight and closes the
+    /// store.
+    pub async fn run_until<F>(self, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if self.roles.workers {
+            tracing::info!("workers role: no background subscriptions exist in this version");
+        }
+        match self.listener {
+            Some(listener) => {
+                let router = consult_api::router(self.state);
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+            }
+            None => shutdown.await,
+        }
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

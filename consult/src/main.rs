@@ -1,0 +1,166 @@
+//! `consult`: the telehealth consultation engine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use consult::config::{database_url, parse_duration};
+use consult::{secret, Application, Config, Roles};
+use consult_api::{Claims, Role, TokenKey};
+use consult_store::{Store, StoreOptions};
+use tracing_subscriber::EnvFilter;
+
+mod bench;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "consult",
+    version,
+    about = "Event-sourced telehealth consultation engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the engine keeps its data.
+#[derive(Debug, Args)]
+struct Storage {
+    /// Embedded database, generated token secret, file sinks.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// `postgres://…` or `sqlite://…`; default: the SQLite file in the data directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine (API and workers by default).
+    Serve {
+        #[command(flatten)]
+        storage: Storage,
+        /// Listen address.
+        #[arg(long, env = "BIND", default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Base of meeting links and callback URLs; default http://$BIND.
+        #[arg(long, env = "PUBLIC_BASE_URL")]
+        public_base_url: Option<String>,
+        /// Base of the links people get in notifications; default $PUBLIC_BASE_URL.
+        #[arg(long, env = "APP_URL")]
+        app_url: Option<String>,
+        /// What this process runs: api, workers, or both.
+        #[arg(long, env = "ROLES", default_value = "api,workers")]
+        roles: String,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        storage: Storage,
+    },
+    /// Mint a bearer token signed with the server's secret (for development).
+    Token {
+        #[arg(long, env = "DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// patient, provider, admin or auditor.
+        #[arg(long)]
+        role: String,
+        /// The caller's id (a provider's id for the provider role).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. 30m, 24h.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Drive book → accept through the HTTP API and report throughput, latency and memory.
+    Bench(bench::BenchArgs),
+}
+
+fn jwt_secret(data_dir: &std::path::Path) -> Result<secrecy::SecretString, secret::SecretError> {
+    secret::load_or_create(std::env::var("AUTH_JWT_SECRET").ok(), data_dir)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut message = err.to_string();
+            let mut source = err.source();
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Serve {
+            storage,
+            bind,
+            public_base_url,
+            app_url,
+            roles,
+        } => {
+            let public_base_url = public_base_url.unwrap_or_else(|| format!("http://{bind}"));
+            let config = Config {
+                database_url: database_url(storage.database_url, &storage.data_dir),
+                jwt_secret: jwt_secret(&storage.data_dir)?,
+                app_url: app_url.unwrap_or_else(|| public_base_url.clone()),
+                public_base_url,
+                data_dir: storage.data_dir,
+                bind,
+                roles: Roles::parse(&roles)?,
+            };
+            let app = Application::build(&config).await?;
+            tracing::info!(
+                backend = app.store().backend(),
+                port = app.port(),
+                api = config.roles.api,
+                workers = config.roles.workers,
+                "consult is serving"
+            );
+            app.run_until(consult::shutdown_signal()).await?;
+            tracing::info!("stopped");
+        }
+        Command::Migrate { storage } => {
+            let url = database_url(storage.database_url, &storage.data_dir);
+            let store = Store::connect(&StoreOptions::new(url)).await?;
+            store.migrate().await?;
+            tracing::info!(backend = store.backend(), "migrations applied");
+            store.close().await;
+        }
+        Command::Token {
+            data_dir,
+            role,
+            sub,
+            ttl,
+        } => {
+            let role =
+                Role::parse(&role).ok_or("--role must be patient, provider, admin or auditor")?;
+            let ttl = parse_duration("--ttl", &ttl)?;
+            let now = chrono::Utc::now().timestamp();
+            let key = TokenKey::new(jwt_secret(&data_dir)?);
+            let token = key.mint(&Claims {
+                sub,
+                role,
+                exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+                iat: Some(now),
+            });
+            println!("{token}");
+        }
+        Command::Bench(args) => bench::run(args).await?,
+    }
+    Ok(())
+}

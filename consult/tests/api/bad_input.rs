@@ -1,0 +1,256 @@
+use consult_api::Role;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, booking, spawn_app, Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    invalid_bookings_are_refused_with_the_field_named_and_nothing_stored,
+    malformed_and_oversized_bodies_are_refused,
+    missing_expired_and_tampered_tokens_are_refused,
+    callers_cannot_touch_consultations_that_are_not_theirs,
+    unknown_consultations_and_routes_are_404,
+);
+
+/// Posts a booking and checks the refusal and that nothing was stored.
+async fn refused_booking(app: &TestApp, body: Value, status: StatusCode, code: &str) -> Value {
+    let before = app.db.event_count().await;
+    let response = app
+        .post(
+            "/v1/consultations",
+            &app.token(Role::Patient, "pat-1"),
+            &body,
+        )
+        .await;
+    let problem = assert_problem(response, status, code).await;
+    assert_eq!(
+        app.db.event_count().await,
+        before,
+        "nothing stored for {body}"
+    );
+    problem
+}
+
+async fn invalid_bookings_are_refused_with_the_field_named_and_nothing_stored(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "provider_id",
+            Box::new(|b| b["provider_id"] = json!("nobody")),
+        ),
+        (
+            "timezone",
+            Box::new(|b| b["timezone"] = json!("Mars/Olympus_Mons")),
+        ),
+        (
+            "contact.phone",
+            Box::new(|b| b["contact"]["phone"] = json!("0612345678")),
+        ),
+        (
+            "contact.email",
+            Box::new(|b| b["contact"]["email"] = json!("not-an-email")),
+        ),
+        (
+            "starts_at",
+            Box::new(|b| b["starts_at"] = json!("2001-01-01T10:00:00Z")),
+        ),
+        (
+            "starts_at",
+            Box::new(|b| b["starts_at"] = json!("tomorrow at ten")),
+        ),
+        (
+            "duration_minutes",
+            Box::new(|b| b["duration_minutes"] = json!(4)),
+        ),
+        (
+            "duration_minutes",
+            Box::new(|b| b["duration_minutes"] = json!(241)),
+        ),
+        ("mode", Box::new(|b| b["mode"] = json!("carrier-pigeon"))),
+        (
+            "contact",
+            Box::new(|b| b["contact"] = json!({"whatsapp": false})),
+        ),
+    ];
+    for (field, mutate) in cases {
+        let mut body = booking("prov-1", 24);
+        mutate(&mut body);
+        let problem = refused_booking(&app, body, unprocessable, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+}
+
+async fn malformed_and_oversized_bodies_are_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let patient = app.token(Role::Patient, "pat-1");
+    let before = app.db.event_count().await;
+    let send = |body: Vec<u8>| {
+        app.client
+            .post(format!("{}/v1/consultations", app.address))
+            .bearer_auth(&patient)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let malformed = send(b"{\"provider_id\": \"prov-1\",".to_vec())
+        .await
+        .expect("sent");
+    assert_problem(malformed, StatusCode::BAD_REQUEST, "validation_failed").await;
+    let wrong_type = send(br#"{"provider_id": 5}"#.to_vec()).await.expect("sent");
+    assert_problem(wrong_type, StatusCode::BAD_REQUEST, "validation_failed").await;
+    let empty = send(Vec::new()).await.expect("sent");
+    assert_problem(empty, StatusCode::BAD_REQUEST, "validation_failed").await;
+
+    let mut big = booking("prov-1", 24);
+    big["reason"] = json!("x".repeat(70 * 1024));
+    let oversized = send(serde_json::to_vec(&big).expect("json"))
+        .await
+        .expect("sent");
+    assert_problem(
+        oversized,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert_eq!(app.db.event_count().await, before);
+}
+
+async fn missing_expired_and_tampered_tokens_are_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let before = app.db.event_count().await;
+    let url = format!("{}/v1/consultations", app.address);
+    let body = booking("prov-1", 24);
+
+    let missing = app
+        .client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert!(missing.headers().contains_key("www-authenticate"));
+    assert_problem(missing, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let expired = app.expired_token(Role::Patient, "pat-1");
+    let expired = app.post("/v1/consultations", &expired, &body).await;
+    assert_problem(expired, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let foreign = app.token_signed_with(
+        "another-secret-of-sufficient-length-000",
+        Role::Patient,
+        "pat-1",
+        chrono::Utc::now().timestamp() + 600,
+    );
+    let response = app.post("/v1/consultations", &foreign, &body).await;
+    assert_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    // A valid token whose claims were edited to claim the admin role.
+    let token = app.token(Role::Patient, "pat-1");
+    let parts: Vec<&str> = token.split('.').collect();
+    use base64::Engine;
+    let forged_claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        json!({"sub": "pat-1", "role": "admin", "exp": chrono::Utc::now().timestamp() + 600})
+            .to_string(),
+    );
+    let tampered = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+    let response = app.post("/v1/consultations", &tampered, &body).await;
+    assert_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let garbage = app
+        .client
+        .post(&url)
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(garbage, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_eq!(app.db.event_count().await, before);
+}
+
+async fn callers_cannot_touch_consultations_that_are_not_theirs(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    app.register_provider("prov-2").await;
+    let id = app.book("pat-1", "prov-1", 24).await;
+    let before = app.db.event_count().await;
+    let path = |action: &str| format!("/v1/consultations/{id}/{action}");
+
+    let other_patient = app.token(Role::Patient, "pat-2");
+    let other_provider = app.token(Role::Provider, "prov-2");
+    let auditor = app.token(Role::Auditor, "aud-1");
+    let reason = json!({"reason": "not mine"});
+
+    for (token, action, body) in [
+        (&other_patient, "cancel", &reason),
+        (&other_provider, "accept", &json!({})),
+        (&other_provider, "decline", &reason),
+        (&other_provider, "cancel", &reason),
+        // The right consultation, the wrong role: a patient cannot accept its own booking.
+        (&app.token(Role::Patient, "pat-1"), "accept", &json!({})),
+        (&auditor, "cancel", &reason),
+    ] {
+        let response = app.post(&path(action), token, body).await;
+        assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let read = app
+        .get(&format!("/v1/consultations/{id}"), &other_patient)
+        .await;
+    assert_problem(read, StatusCode::FORBIDDEN, "forbidden").await;
+    let read = app
+        .get(&format!("/v1/consultations/{id}"), &other_provider)
+        .await;
+    assert_problem(read, StatusCode::FORBIDDEN, "forbidden").await;
+    // Auditors and admins may read it.
+    let read = app.get(&format!("/v1/consultations/{id}"), &auditor).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(app.db.event_count().await, before);
+}
+
+async fn unknown_consultations_and_routes_are_404(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let provider = app.token(Role::Provider, "prov-1");
+    let unknown = uuid::Uuid::new_v4();
+    for path in [
+        format!("/v1/consultations/{unknown}/accept"),
+        "/v1/consultations/not-a-uuid/accept".to_owned(),
+    ] {
+        let response = app.post(&path, &provider, &json!({})).await;
+        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let response = app
+        .get(&format!("/v1/consultations/{unknown}"), &provider)
+        .await;
+    assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    let response = app.get("/v1/nowhere", &provider).await;
+    assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    let response = app
+        .client
+        .delete(format!("{}/v1/consultations", app.address))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    assert_eq!(app.db.event_count().await, 0);
+}

@@ -1,0 +1,348 @@
+//! `spawn_app`: the engine on a random port over a fresh database of either backend, with a
+//! client, token minting and a window on the stored events.
+
+use std::io::Write;
+use std::sync::{Mutex, Once};
+
+use consult::{Application, Config, Roles};
+use consult_api::{Claims, Role, TokenKey};
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Everything the engine logged while the tests ran, at debug level and above.
+pub static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = LOGS.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(|| LogSink)
+            .init();
+    });
+}
+
+pub fn logs() -> String {
+    LOGS.lock()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default()
+}
+
+/// The database a test runs on; PostgreSQL databases are made fresh per test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl TestDb {
+    /// A fresh database, or `None` when PostgreSQL is not reachable outside CI.
+    pub async fn fresh(backend: Backend) -> Option<Self> {
+        let name = format!("consult_test_{}", uuid::Uuid::new_v4().simple());
+        let data_dir = std::env::temp_dir().join(&name);
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", data_dir.join("consult.db").display()),
+            Backend::Postgres => {
+                let admin = std::env::var("TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                use sqlx::Connection;
+                match sqlx::PgConnection::connect(&admin).await {
+                    Ok(mut conn) => {
+                        sqlx::query(&format!("CREATE DATABASE {name}"))
+                            .execute(&mut conn)
+                            .await
+                            .expect("create a test database");
+                        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                        format!("{base}/{name}")
+                    }
+                    Err(err) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                        panic!("PostgreSQL is required in CI and is not reachable: {err}")
+                    }
+                    Err(err) => {
+                        eprintln!(
+                            "SKIPPED: PostgreSQL test, no server at {admin} ({err}); \
+                             set TEST_POSTGRES_URL or start one"
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Self {
+            backend,
+            url,
+            data_dir,
+        })
+    }
+
+    /// `(sequence, event_type)` of a stream, in order.
+    pub async fn stream(&self, aggregate_id: &str) -> Vec<(i64, String)> {
+        let sql =
+            "SELECT sequence, event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence";
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.url)
+                    .await
+                    .expect("open sqlite");
+                let rows = sqlx::query_as(sql)
+                    .bind(aggregate_id)
+                    .fetch_all(&pool)
+                    .await;
+                pool.close().await;
+                rows.expect("read stream")
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url)
+                    .await
+                    .expect("open postgres");
+                let rows = sqlx::query_as(sql)
+                    .bind(aggregate_id)
+                    .fetch_all(&pool)
+                    .await;
+                pool.close().await;
+                rows.expect("read stream")
+            }
+        }
+    }
+
+    /// How many events the store holds.
+    pub async fn event_count(&self) -> i64 {
+        let sql = "SELECT count(*) FROM events";
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.url)
+                    .await
+                    .expect("open sqlite");
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
+                pool.close().await;
+                n.expect("count events")
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url)
+                    .await
+                    .expect("open postgres");
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
+                pool.close().await;
+                n.expect("count events")
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    key: TokenKey,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The engine over a fresh database; `None` when the backend is not available here.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let db = TestDb::fresh(backend).await?;
+    Some(start(db).await)
+}
+
+async fn start(db: TestDb) -> TestApp {
+    capture_logs();
+    let config = Config {
+        database_url: db.url.clone(),
+        data_dir: db.data_dir.clone(),
+        bind: "127.0.0.1:0".into(),
+        public_base_url: "http://127.0.0.1".into(),
+        app_url: "http://127.0.0.1".into(),
+        roles: Roles {
+            api: true,
+            workers: true,
+        },
+        jwt_secret: SecretString::from(SECRET),
+    };
+    let app = Application::build(&config).await.expect("build the app");
+    let port = app.port().expect("the api role listens");
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        db,
+        key: TokenKey::new(SecretString::from(SECRET)),
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        start(self.db.clone()).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        self.key.mint(&Claims {
+            sub: sub.into(),
+            role,
+            exp: chrono::Utc::now().timestamp() + 3600,
+            iat: None,
+        })
+    }
+
+    pub fn token_signed_with(&self, secret: &str, role: Role, sub: &str, exp: i64) -> String {
+        TokenKey::new(SecretString::from(secret.to_owned())).mint(&Claims {
+            sub: sub.into(),
+            role,
+            exp,
+            iat: None,
+        })
+    }
+
+    pub fn expired_token(&self, role: Role, sub: &str) -> String {
+        self.token_signed_with(SECRET, role, sub, chrono::Utc::now().timestamp() - 10)
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST reaches the server")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET reaches the server")
+    }
+
+    pub async fn register_provider(&self, id: &str) {
+        let admin = self.token(Role::Admin, "admin-1");
+        let response = self
+            .post(
+                "/v1/providers",
+                &admin,
+                &json!({
+                    "id": id,
+                    "name": "Dr. Grace Hopper",
+                    "phone": "+14155550100",
+                    "email": "grace@example.org",
+                    "timezone": "America/New_York",
+                }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "register {id}");
+    }
+
+    /// Books a 30-minute video consultation `hours_ahead` from now; returns its id.
+    pub async fn book(&self, patient: &str, provider: &str, hours_ahead: i64) -> String {
+        let response = self
+            .post(
+                "/v1/consultations",
+                &self.token(Role::Patient, patient),
+                &booking(provider, hours_ahead),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "book");
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_str().expect("an id").to_owned()
+    }
+}
+
+/// A valid booking body: 30 minutes of video, `hours_ahead` from now (on the hour).
+pub fn booking(provider: &str, hours_ahead: i64) -> Value {
+    let start = chrono::Utc::now() + chrono::Duration::hours(hours_ahead);
+    json!({
+        "provider_id": provider,
+        "starts_at": start.format("%Y-%m-%dT%H:00:00Z").to_string(),
+        "duration_minutes": 30,
+        "mode": "video",
+        "timezone": "Europe/Paris",
+        "contact": {"phone": "+33612345678", "email": "patient@example.org", "whatsapp": false},
+        "reason": "follow-up",
+    })
+}
+
+/// Asserts a problem+json response with `status` and `code`; returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem json");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
+
+/// Runs a test body on each backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,8 @@
+//! Black-box tests of the engine through HTTP, each on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod bad_input;
+mod concurrency;
+mod lifecycle;
+mod privacy;

@@ -1,0 +1,110 @@
+use cqrs_es::AggregateError;
+
+/// A failure of the store itself (not of a decision).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or does not answer in time.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: a bug, a schema mismatch, corrupt data.
+    #[error("unexpected storage failure")]
+    Unexpected(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory")]
+    DataDir(#[source] std::io::Error),
+    #[error("DATABASE_URL must start with postgres:// or sqlite:")]
+    UnsupportedUrl,
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable(Box::new(err))
+        } else {
+            Self::Unexpected(Box::new(err))
+        }
+    }
+}
+
+/// Whether a database error means "cannot reach or use the database right now" rather than
+/// "this statement is wrong".
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: 08 connection exception, 57P admin shutdown / cannot connect now,
+            // 53 insufficient resources. SQLite: 5 busy, 6 locked, 13 full, 8 read-only.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || matches!(
+                    code.as_ref(),
+                    "5" | "6" | "13" | "8" | "517" | "261" | "1032"
+                )
+        }
+        _ => false,
+    }
+}
+
+/// Why a command did not produce events.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E: std::error::Error> {
+    /// The decision refused the command (for the domain's reasons or the caller's).
+    #[error(transparent)]
+    Refused(E),
+    /// Other writers kept winning the race for the stream; retries ran out.
+    #[error("the aggregate kept changing under concurrent writers")]
+    Conflict,
+    /// The caller expected another version (`If-Match`).
+    #[error("the aggregate is at version {current}, not the expected one")]
+    VersionMismatch { current: u64 },
+    /// The database refused the event because the provider's time is taken.
+    #[error("the provider has an overlapping consultation")]
+    SlotConflict,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Sorts cqrs-es's error into ours, recognising the slot constraint among database errors.
+/// Decisions run outside cqrs-es's `handle`, so a user error cannot come from it.
+pub(crate) fn classify<E: std::error::Error, D: std::error::Error>(
+    err: AggregateError<E>,
+) -> ExecuteError<D> {
+    match err {
+        AggregateError::UserError(e) => {
+            ExecuteError::Store(StoreError::Unexpected(e.to_string().into()))
+        }
+        AggregateError::AggregateConflict => ExecuteError::Conflict,
+        AggregateError::DatabaseConnectionError(e) => {
+            ExecuteError::Store(StoreError::Unavailable(e))
+        }
+        AggregateError::DeserializationError(e) => ExecuteError::Store(StoreError::Unexpected(e)),
+        AggregateError::UnexpectedError(e) => match e.downcast::<sqlx::Error>() {
+            Ok(sql) if is_slot_conflict(&sql) => ExecuteError::SlotConflict,
+            Ok(sql) => ExecuteError::Store(StoreError::from(*sql)),
+            Err(other) => ExecuteError::Store(StoreError::Unexpected(other)),
+        },
+    }
+}
+
+fn is_slot_conflict(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.constraint() == Some("provider_slots_no_overlap")
+                || db.message().contains("slot_conflict")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,141 @@
+//! The event store: cqrs-es in event-store mode over postgres-es (PostgreSQL) or sqlite-es
+//! (SQLite, the embedded default), with the extra columns and tables of our migrations.
+//!
+//! Commands go through [`Store::execute`], which loads the aggregate, runs the pure decision,
+//! commits through cqrs-es's `EventStore`, retries optimistic-concurrency conflicts a few times,
+//! and reports the version and global position of what it wrote.
+
+mod error;
+mod execute;
+mod idempotency;
+mod metadata;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+pub use error::{ExecuteError, StoreError};
+pub use execute::{Committed, Loaded};
+pub use idempotency::{IdempotencyClaim, StoredResponse};
+pub use metadata::Metadata;
+
+/// Which database holds the events. Both pools are cheap handles to shared connection pools.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `postgres://…` or `sqlite://path`.
+    pub url: String,
+    /// Most connections the pool opens (PostgreSQL).
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store reports itself unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The event store and the few tables that live beside it.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    /// Opens the database named by the URL. A SQLite file (and its directory) is created when
+    /// missing.
+    pub async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        let url = options.url.as_str();
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect(url)
+                .await?;
+            Db::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            if let Some(dir) = connect.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(StoreError::DataDir)?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await?;
+            Db::Sqlite(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        Ok(Self { db })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies every migration not applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => consult_migrations::POSTGRES.run(pool).await?,
+            Db::Sqlite(pool) => consult_migrations::SQLITE.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers and every migration this build knows is applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        let (applied, known): (i64, usize) = match &self.db {
+            Db::Postgres(pool) => (
+                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(pool)
+                    .await?,
+                consult_migrations::POSTGRES.iter().count(),
+            ),
+            Db::Sqlite(pool) => (
+                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(pool)
+                    .await?,
+                consult_migrations::SQLITE.iter().count(),
+            ),
+        };
+        Ok(usize::try_from(applied).is_ok_and(|applied| applied >= known))
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
