@@ -13,6 +13,9 @@ on_both_backends!(
     unknown_consultations_and_routes_are_404,
 );
 
+/// Changes a valid booking into an invalid one.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 /// Posts a booking and checks the refusal and that nothing was stored.
 async fn refused_booking(app: &TestApp, body: Value, status: StatusCode, code: &str) -> Value {
     let before = app.db.event_count().await;
@@ -39,7 +42,7 @@ async fn invalid_bookings_are_refused_with_the_field_named_and_nothing_stored(ba
     app.register_provider("prov-1").await;
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "provider_id",
             Box::new(|b| b["provider_id"] = json!("nobody")),

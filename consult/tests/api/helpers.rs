@@ -165,6 +165,8 @@ pub struct TestApp {
     key: TokenKey,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    /// Whether dropping this app drops its database (not when a restart hands it on).
+    owns_db: bool,
 }
 
 /// The engine over a fresh database; `None` when the backend is not available here.
@@ -200,6 +202,37 @@ async fn start(db: TestDb) -> TestApp {
         key: TokenKey::new(SecretString::from(SECRET)),
         shutdown: Some(tx),
         server: Some(server),
+        owns_db: true,
+    }
+}
+
+impl Drop for TestApp {
+    /// Drops a PostgreSQL test database once its test is over, closing what still uses it.
+    fn drop(&mut self) {
+        if self.db.backend != Backend::Postgres || !self.owns_db {
+            return;
+        }
+        let url = self.db.url.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Some((base, name)) = url.rsplit_once('/') else {
+                return;
+            };
+            let admin = format!("{base}/postgres");
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(&sql).execute(&mut conn).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -207,6 +240,7 @@ impl TestApp {
     /// Stops the server gracefully and starts a new one on the same database.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
+        self.owns_db = false;
         start(self.db.clone()).await
     }
 
