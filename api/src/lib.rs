@@ -73,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/consultations/{id}/cancel", post(c::cancel))
         .route("/v1/consultations/{id}/complete", post(c::complete))
         .route("/v1/consultations/{id}/no-show", post(c::no_show))
+        .route("/openapi.json", get(routes::docs::openapi))
+        .route("/docs", get(routes::docs::docs))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

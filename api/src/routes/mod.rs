@@ -1,4 +1,5 @@
 pub mod consultations;
+pub mod docs;
 pub mod health;
 pub mod providers;
 

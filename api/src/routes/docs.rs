@@ -1,0 +1,259 @@
+//! The API's own description: the OpenAPI 3.1 document and a small page that lists it.
+//!
+//! The document is written by hand in `openapi.json`; the test below keeps it in step with
+//! the router.
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{Html, IntoResponse};
+
+/// The OpenAPI 3.1 document, embedded at build time.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+/// `GET /docs`: a self-contained page (no external scripts) that renders `/openapi.json`.
+pub async fn docs() -> Html<&'static str> {
+    Html(DOCS_HTML)
+}
+
+const DOCS_HTML: &str = r##"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Consult API</title>
+<style>
+  body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 960px; padding: 1rem 1.5rem; color: #1d2330; }
+  h1 { margin-bottom: .2rem; }
+  #description { white-space: pre-wrap; color: #444; }
+  #filter { width: 100%; padding: .45rem .6rem; font: inherit; margin: 1rem 0; box-sizing: border-box; }
+  details.op { border: 1px solid #d4d8e0; border-radius: 6px; margin: .45rem 0; }
+  details.op > summary { cursor: pointer; padding: .45rem .6rem; list-style: none; display: flex; gap: .7rem; align-items: baseline; }
+  details.op[open] > summary { border-bottom: 1px solid #d4d8e0; }
+  .method { font: bold 12px/1 ui-monospace, monospace; text-transform: uppercase; padding: .3rem .45rem; border-radius: 4px; color: #fff; min-width: 3.2rem; text-align: center; }
+  .get { background: #2f6fd6; } .post { background: #1b8a4b; } .put { background: #b7791f; }
+  .patch { background: #8a5cd6; } .delete { background: #c53030; }
+  .path { font-family: ui-monospace, monospace; font-weight: 600; }
+  .summary { color: #555; }
+  .public { font-size: 12px; color: #8a5300; }
+  pre { margin: 0; padding: .6rem; overflow: auto; background: #f6f7f9; font-size: 13px; }
+  #error { color: #c53030; }
+</style>
+</head>
+<body>
+<h1 id="title">Consult API</h1>
+<div id="version"></div>
+<p id="description"></p>
+<p>The full document: <a href="/openapi.json">/openapi.json</a>.</p>
+<input id="filter" type="search" placeholder="Filter by method, path or summary" autofocus>
+<p id="error"></p>
+<div id="ops"></div>
+<script>
+"use strict";
+const METHODS = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+function render(doc) {
+  document.getElementById("title").textContent = doc.info.title;
+  document.getElementById("version").textContent = "version " + doc.info.version + " \u00b7 OpenAPI " + doc.openapi;
+  document.getElementById("description").textContent = doc.info.description || "";
+  const list = document.getElementById("ops");
+  const globalSecurity = doc.security || [];
+  for (const [path, item] of Object.entries(doc.paths)) {
+    for (const method of METHODS) {
+      const op = item[method];
+      if (!op) continue;
+      const details = el("details", "op");
+      const head = el("summary");
+      head.append(el("span", "method " + method, method), el("span", "path", path),
+                  el("span", "summary", op.summary || ""));
+      const security = op.security || globalSecurity;
+      if (security.length === 0) head.append(el("span", "public", "no auth"));
+      details.append(head, el("pre", "", JSON.stringify(op, null, 2)));
+      details.dataset.search = (method + " " + path + " " + (op.summary || "")).toLowerCase();
+      list.append(details);
+    }
+  }
+}
+document.getElementById("filter").addEventListener("input", (event) => {
+  const words = event.target.value.toLowerCase().split(/\s+/).filter(Boolean);
+  for (const node of document.querySelectorAll("details.op")) {
+    node.hidden = !words.every((w) => node.dataset.search.includes(w));
+  }
+});
+fetch("/openapi.json")
+  .then((response) => {
+    if (!response.ok) throw new Error("GET /openapi.json answered " + response.status);
+    return response.json();
+  })
+  .then(render)
+  .catch((err) => { document.getElementById("error").textContent = String(err); });
+</script>
+</body>
+</html>
+"##;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every route in `crate::router`, by method and path template.
+    const ROUTES: &[(&str, &str)] = &[
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("post", "/v1/providers"),
+        ("get", "/v1/providers/{id}"),
+        ("post", "/v1/consultations"),
+        ("get", "/v1/consultations/{id}"),
+        ("post", "/v1/consultations/{id}/accept"),
+        ("post", "/v1/consultations/{id}/decline"),
+        ("post", "/v1/consultations/{id}/reschedule"),
+        ("post", "/v1/consultations/{id}/cancel"),
+        ("post", "/v1/consultations/{id}/complete"),
+        ("post", "/v1/consultations/{id}/no-show"),
+        ("get", "/openapi.json"),
+        ("get", "/docs"),
+    ];
+
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI_JSON).expect("openapi.json is valid JSON")
+    }
+
+    /// Every `(method, path, operation)` in the document.
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let paths = doc["paths"].as_object().expect("paths is an object");
+        let mut ops = Vec::new();
+        for (path, item) in paths {
+            for method in METHODS {
+                if let Some(op) = item.get(*method) {
+                    ops.push(((*method).to_owned(), path.clone(), op.clone()));
+                }
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1() {
+        let doc = document();
+        let version = doc["openapi"].as_str().unwrap_or_default();
+        assert!(version.starts_with("3.1"), "openapi is {version:?}");
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_routes_of_the_router() {
+        let doc = document();
+        let documented: Vec<(String, String)> = operations(&doc)
+            .into_iter()
+            .map(|(method, path, _)| (method, path))
+            .collect();
+        for (method, path) in ROUTES {
+            assert!(
+                documented
+                    .iter()
+                    .any(|(m, p)| m.as_str() == *method && p.as_str() == *path),
+                "{method} {path} is routed but not documented"
+            );
+        }
+        for (method, path) in &documented {
+            assert!(
+                ROUTES
+                    .iter()
+                    .any(|(m, p)| *m == method.as_str() && *p == path.as_str()),
+                "{method} {path} is documented but not in the test's list of routes"
+            );
+        }
+    }
+
+    #[test]
+    fn every_operation_has_a_summary_and_a_success_response() {
+        for (method, path, op) in operations(&document()) {
+            let summary = op["summary"].as_str().unwrap_or_default();
+            assert!(!summary.trim().is_empty(), "{method} {path} has no summary");
+            let responses = op["responses"].as_object();
+            let success = responses.is_some_and(|r| r.keys().any(|status| status.starts_with('2')));
+            assert!(success, "{method} {path} has no 2xx response");
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_declared_and_open_routes_need_no_token() {
+        let doc = document();
+        let parameters = &doc["components"]["parameters"];
+        for (method, path, op) in operations(&doc) {
+            let declared: Vec<String> = op["parameters"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| match p["$ref"].as_str() {
+                    Some(r) => parameters[r.rsplit('/').next().unwrap_or_default()].clone(),
+                    None => p.clone(),
+                })
+                .filter(|p| p["in"] == "path")
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect();
+            for segment in path.split('/') {
+                if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    assert!(
+                        declared.iter().any(|d| d == name),
+                        "{method} {path} does not declare {name}"
+                    );
+                }
+            }
+            let open = ["/healthz", "/readyz", "/openapi.json", "/docs"].contains(&path.as_str());
+            assert_eq!(
+                op.get("security") == Some(&Value::Array(Vec::new())),
+                open,
+                "{method} {path}: only the open routes have `security: []`"
+            );
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(node: &Value, doc: &Value) {
+            match node {
+                Value::Object(map) => {
+                    if let Some(target) = map.get("$ref").and_then(Value::as_str) {
+                        let pointer = target.strip_prefix('#').unwrap_or(target);
+                        assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+                    }
+                    map.values().for_each(|v| walk(v, doc));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, doc)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        walk(&doc, &doc);
+    }
+
+    #[tokio::test]
+    async fn the_handlers_serve_json_and_html() {
+        let response = openapi().await.into_response();
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let response = docs().await.into_response();
+        let content_type = response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default();
+        assert!(content_type.starts_with("text/html"), "{content_type}");
+        assert!(DOCS_HTML.contains("fetch(\"/openapi.json\")"));
+        assert!(
+            !DOCS_HTML.contains("<script src"),
+            "the page must be self-contained"
+        );
+    }
+}
