@@ -142,31 +142,32 @@ async fn run_on(
         }
     }
 
+    // The ceiling named by the targets: one connection inserting one row per statement.
+    let single = insert_loop(url, 1, duration).await?;
     println!(
-        "| clients | ceiling: bare INSERT/s | API commands/s | ratio | p50 ms | p99 ms | errors |"
+        "bare single-row INSERT loop, 1 connection: {:.0} rows/s",
+        single.rate()
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!();
+    println!("| clients | API commands/s | p50 ms | p99 ms | errors | ratio to 1-connection INSERT loop | INSERT loop with as many connections | ratio to it |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut slot_offset = 0i64;
     for &clients in levels {
-        let ceiling = insert_loop(url, clients, duration).await?;
         let mut sample = drive(&client, &address, &token, clients, duration, slot_offset).await;
         slot_offset += 1_000_000;
+        let ceiling = insert_loop(url, clients, duration).await?;
         println!(
-            "| {clients} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-            ceiling.rate(),
+            "| {clients} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.0} | {:.2} |",
             sample.rate(),
-            sample.rate() / ceiling.rate(),
             sample.percentile_ms(50.0),
             sample.percentile_ms(99.0),
             sample.errors,
+            sample.rate() / single.rate(),
+            ceiling.rate(),
+            sample.rate() / ceiling.rate(),
         );
     }
-    let single = insert_loop(url, 1, duration).await?;
     println!();
-    println!(
-        "single-connection bare INSERT loop: {:.0} rows/s",
-        single.rate()
-    );
     println!(
         "engine peak RSS: {:.1} MiB",
         peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
