@@ -1,3 +1,5 @@
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
@@ -6,6 +8,7 @@ use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 
 use crate::error::classify;
+use crate::pg_repository::PgRepository;
 use crate::{Db, ExecuteError, Metadata, Store, StoreError};
 
 /// How many times a command is decided again after losing a race for its stream.
@@ -55,16 +58,20 @@ impl Store {
         }
     }
 
+    /// Appends the events; returns the last sequence written and, where the backend reports
+    /// it, the last global position.
     async fn commit<A: Aggregate>(
         &self,
         events: Vec<A::Event>,
         context: EventStoreAggregateContext<A>,
         metadata: &Metadata,
-    ) -> Result<usize, AggregateError<A::Error>> {
+    ) -> Result<(usize, Option<i64>), AggregateError<A::Error>> {
+        let position = Arc::new(AtomicI64::new(0));
         let committed = match &self.db {
             Db::Postgres(pool) => {
-                PersistedEventStore::<_, A>::new_event_store(PostgresEventRepository::new(
+                PersistedEventStore::<_, A>::new_event_store(PgRepository::new(
                     pool.clone(),
+                    Arc::clone(&position),
                 ))
                 .commit(events, context, metadata.to_map())
                 .await?
@@ -77,7 +84,8 @@ impl Store {
                 .await?
             }
         };
-        Ok(committed.last().map_or(0, |e| e.sequence))
+        let position = Some(position.load(Ordering::Acquire)).filter(|p| *p > 0);
+        Ok((committed.last().map_or(0, |e| e.sequence), position))
     }
 
     /// Loads an aggregate; `None` when its stream is empty.
@@ -146,9 +154,12 @@ impl Store {
                 .await
                 .map_err(classify)
             {
-                Ok(version) => {
+                Ok((version, position)) => {
                     let version = version as u64;
-                    let position = self.position_of(A::TYPE, id, version).await?;
+                    let position = match position {
+                        Some(position) => position,
+                        None => self.position_of(A::TYPE, id, version).await?,
+                    };
                     return Ok(Committed {
                         aggregate: after,
                         version,

@@ -9,6 +9,7 @@ mod error;
 mod execute;
 mod idempotency;
 mod metadata;
+mod pg_repository;
 
 use std::str::FromStr;
 use std::time::Duration;
