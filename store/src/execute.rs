@@ -192,24 +192,14 @@ impl Store {
         let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
         const SQL: &str = "SELECT position FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
-        let position: Option<i64> = match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(aggregate_type)
-                    .bind(id)
-                    .bind(sequence)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(aggregate_type)
-                    .bind(id)
-                    .bind(sequence)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let position: Option<i64> = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(SQL)
+                .bind(aggregate_type)
+                .bind(id)
+                .bind(sequence)
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(position.unwrap_or(0))
     }
 }

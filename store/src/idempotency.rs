@@ -2,7 +2,7 @@
 //! that the primary key makes atomic, so two copies of a request racing each other cannot both
 //! run.
 
-use crate::{Db, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// A claim left unfinished this long (its process died mid-request) may be taken over.
 const ABANDONED_AFTER_MS: i64 = 30_000;
@@ -46,43 +46,26 @@ impl Store {
         const TAKE_OVER: &str = "UPDATE idempotency_keys SET created_ms = $3 \
              WHERE owner = $1 AND key = $2 AND status IS NULL AND created_ms = $4";
 
-        let inserted = match &self.db {
-            Db::Postgres(pool) => sqlx::query(INSERT)
+        let inserted = with_pool!(&self.db, pool => {
+            sqlx::query(INSERT)
                 .bind(owner)
                 .bind(key)
                 .bind(request_hash)
                 .bind(now_ms)
                 .execute(pool)
                 .await?
-                .rows_affected(),
-            Db::Sqlite(pool) => sqlx::query(INSERT)
-                .bind(owner)
-                .bind(key)
-                .bind(request_hash)
-                .bind(now_ms)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
+                .rows_affected()
+        });
         if inserted == 1 {
             return Ok(IdempotencyClaim::Fresh);
         }
-        let row: Option<Row> = match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query_as(SELECT)
-                    .bind(owner)
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query_as(SELECT)
-                    .bind(owner)
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let row: Option<Row> = with_pool!(&self.db, pool => {
+            sqlx::query_as(SELECT)
+                .bind(owner)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+        });
         // The claim was released between our insert and this read: the caller may retry.
         let Some((stored_hash, status, response, created_ms)) = row else {
             return Ok(IdempotencyClaim::InProgress);
@@ -96,24 +79,16 @@ impl Store {
                 response,
             })),
             _ if now_ms - created_ms > ABANDONED_AFTER_MS => {
-                let taken = match &self.db {
-                    Db::Postgres(pool) => sqlx::query(TAKE_OVER)
+                let taken = with_pool!(&self.db, pool => {
+                    sqlx::query(TAKE_OVER)
                         .bind(owner)
                         .bind(key)
                         .bind(now_ms)
                         .bind(created_ms)
                         .execute(pool)
                         .await?
-                        .rows_affected(),
-                    Db::Sqlite(pool) => sqlx::query(TAKE_OVER)
-                        .bind(owner)
-                        .bind(key)
-                        .bind(now_ms)
-                        .bind(created_ms)
-                        .execute(pool)
-                        .await?
-                        .rows_affected(),
-                };
+                        .rows_affected()
+                });
                 Ok(if taken == 1 {
                     IdempotencyClaim::Fresh
                 } else {
@@ -134,26 +109,16 @@ impl Store {
         const SQL: &str = "UPDATE idempotency_keys SET status = $3, response = $4 \
              WHERE owner = $1 AND key = $2";
         let status = i32::from(response.status);
-        match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query(SQL)
-                    .bind(owner)
-                    .bind(key)
-                    .bind(status)
-                    .bind(&response.response)
-                    .execute(pool)
-                    .await?;
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query(SQL)
-                    .bind(owner)
-                    .bind(key)
-                    .bind(status)
-                    .bind(&response.response)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        with_pool!(&self.db, pool => {
+            sqlx::query(SQL)
+                .bind(owner)
+                .bind(key)
+                .bind(status)
+                .bind(&response.response)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
         Ok(())
     }
 
@@ -161,14 +126,9 @@ impl Store {
     pub async fn release_idempotency_key(&self, owner: &str, key: &str) -> Result<(), StoreError> {
         const SQL: &str =
             "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND status IS NULL";
-        match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query(SQL).bind(owner).bind(key).execute(pool).await?;
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query(SQL).bind(owner).bind(key).execute(pool).await?;
-            }
-        }
+        with_pool!(&self.db, pool => {
+            sqlx::query(SQL).bind(owner).bind(key).execute(pool).await?.rows_affected()
+        });
         Ok(())
     }
 }

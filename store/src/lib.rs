@@ -5,6 +5,17 @@
 //! commits through cqrs-es's `EventStore`, retries optimistic-concurrency conflicts a few times,
 //! and reports the version and global position of what it wrote.
 
+/// Runs the same sqlx expression on whichever pool the store has: the statements we write by
+/// hand are the same text on both backends, only the pool's type differs.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Postgres($pool) => $body,
+            $crate::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
 mod error;
 mod execute;
 mod idempotency;
@@ -134,9 +145,6 @@ impl Store {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
-        match &self.db {
-            Db::Postgres(pool) => pool.close().await,
-            Db::Sqlite(pool) => pool.close().await,
-        }
+        with_pool!(&self.db, pool => pool.close().await);
     }
 }
