@@ -21,6 +21,16 @@ pub enum Mode {
     Messaging,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Video => "video",
+            Self::Voice => "voice",
+            Self::Messaging => "messaging",
+        }
+    }
+}
+
 /// Where a consultation is in its life. `Accepted` means accepted but not yet paid; a paid
 /// request stays `Requested` until the provider accepts. Both together make it `Confirmed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -321,20 +331,6 @@ pub enum ConsultationError {
         state: Status,
         rule: Rule,
     },
-}
-
-impl ConsultationError {
-    pub fn action(&self) -> Action {
-        match self {
-            Self::InvalidTransition { action, .. } | Self::Refused { action, .. } => *action,
-        }
-    }
-
-    pub fn state(&self) -> Status {
-        match self {
-            Self::InvalidTransition { state, .. } | Self::Refused { state, .. } => *state,
-        }
-    }
 }
 
 /// What happened to a consultation. Persisted: change only through a new variant or an

@@ -103,10 +103,6 @@ impl Store {
         Ok(Self { db })
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// `"postgres"` or `"sqlite"`.
     pub fn backend(&self) -> &'static str {
         match self.db {

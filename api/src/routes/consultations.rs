@@ -409,11 +409,6 @@ pub async fn get(
         .as_ref()
         .ok_or(ApiError::NotFound("no such consultation"))?;
     authorize(&caller, booking, allowed)?;
-    let mode = match booking.mode {
-        Mode::Video => "video",
-        Mode::Voice => "voice",
-        Mode::Messaging => "messaging",
-    };
     Ok(Json(json!({
         "id": id,
         "status": consultation.status.as_str(),
@@ -424,7 +419,7 @@ pub async fn get(
         "ends_at": consultation.ends_at(),
         "duration_minutes": booking.duration.minutes(),
         "timezone": booking.timezone.name(),
-        "mode": mode,
+        "mode": booking.mode.as_str(),
         "room": consultation.room.as_ref().map(|r| json!({"name": r.name, "provider": r.provider})),
         "reason": booking.reason.as_ref().map(BoundedText::as_str),
         "version": loaded.version,

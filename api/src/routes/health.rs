@@ -17,8 +17,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             json!({"status": "ready", "backend": state.store.backend()}),
         )),
         Ok(false) => Err(ApiError::Unavailable),
-        Err(err) if err.is_unavailable() => Err(ApiError::Unavailable),
-        // A missing migrations table means the database was never migrated: not ready.
-        Err(_) => Err(ApiError::Unavailable),
+        // Unreachable, or never migrated (no migrations table): not ready either way.
+        Err(err) => {
+            if !err.is_unavailable() {
+                tracing::warn!(error = %err, "readiness check failed");
+            }
+            Err(ApiError::Unavailable)
+        }
     }
 }
