@@ -12,6 +12,9 @@ pub enum ApiError {
     /// A field is present but its value is refused.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
+    /// A query parameter is unknown or its value is refused.
+    #[error("query parameter {param}: {message}")]
+    BadQuery { param: String, message: String },
     /// The body is not JSON, or not the JSON this route takes.
     #[error("{0}")]
     MalformedBody(String),
@@ -56,7 +59,7 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Validation { .. } | Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedBody(_) | Self::BadQuery { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -75,7 +78,9 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Validation { .. } | Self::MalformedBody(_) => "validation_failed",
+            Self::Validation { .. } | Self::MalformedBody(_) | Self::BadQuery { .. } => {
+                "validation_failed"
+            }
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
@@ -118,6 +123,7 @@ impl ApiError {
             code: self.code(),
             field: match self {
                 Self::Validation { field, .. } => Some(field.clone()),
+                Self::BadQuery { param, .. } => Some(param.clone()),
                 _ => None,
             },
         }

@@ -160,3 +160,67 @@ mod tests {
         assert_eq!(err.to_string(), "missing field `n`");
     }
 }
+
+/// The query string as name/value pairs, checked against the names a route takes: an unknown
+/// or repeated name is refused, so that a typo is not silently ignored.
+#[derive(Debug, Default)]
+pub struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::Query;
+        match Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+            Ok(Query(pairs)) => Ok(Self(pairs)),
+            Err(_) => Err(ApiError::BadQuery {
+                param: "query".to_owned(),
+                message: "the query string cannot be decoded".to_owned(),
+            }),
+        }
+    }
+}
+
+impl QueryParams {
+    /// Refuses names outside `known` and names given twice.
+    pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        for (index, (name, _)) in self.0.iter().enumerate() {
+            if !known.contains(&name.as_str()) {
+                return Err(ApiError::BadQuery {
+                    param: name.clone(),
+                    message: format!("unknown parameter; this route takes {}", known.join(", ")),
+                });
+            }
+            if self.0[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(ApiError::BadQuery {
+                    param: name.clone(),
+                    message: "given more than once".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// A parameter parsed by `parse`, whose error text becomes the problem's detail.
+    pub fn parse<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|value| {
+                parse(value).map_err(|message| ApiError::BadQuery {
+                    param: name.to_owned(),
+                    message,
+                })
+            })
+            .transpose()
+    }
+}

@@ -59,14 +59,18 @@ pub struct RequestId(pub String);
 
 /// All routes, with the body limit, request ids and request logging.
 pub fn router(state: AppState) -> Router {
-    use routes::{consultations as c, health, providers as p};
+    use routes::{admin, consultations as c, health, providers as p, reads};
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/providers", post(p::register))
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/admin/subscriptions", get(admin::subscriptions))
+        .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
         .route("/v1/providers/{id}", get(p::get))
-        .route("/v1/consultations", post(c::book))
-        .route("/v1/consultations/{id}", get(c::get))
+        .route("/v1/providers/{id}/schedule", get(reads::schedule))
+        .route("/v1/consultations", post(c::book).get(reads::list))
+        .route("/v1/consultations/{id}", get(reads::consultation))
         .route("/v1/consultations/{id}/accept", post(c::accept))
         .route("/v1/consultations/{id}/decline", post(c::decline))
         .route("/v1/consultations/{id}/reschedule", post(c::reschedule))

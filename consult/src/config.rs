@@ -53,7 +53,13 @@ pub struct Config {
     pub app_url: String,
     pub roles: Roles,
     pub jwt_secret: SecretString,
+    /// How long a worker's hold on a subscription lasts unrenewed: how soon another worker
+    /// takes over from one that died.
+    pub subscription_lease: Duration,
 }
+
+/// The default of `SUBSCRIPTION_LEASE`.
+pub const DEFAULT_SUBSCRIPTION_LEASE: Duration = Duration::from_secs(10);
 
 /// The database URL: the configured one, or the SQLite file in the data directory.
 pub fn database_url(configured: Option<String>, data_dir: &std::path::Path) -> String {

@@ -8,8 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use consult_api::{AppState, SystemClock, TokenKey};
-use consult_store::{Store, StoreError, StoreOptions};
+use consult_store::{Runner, RunnerOptions, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use config::{Config, ConfigError, Roles};
 
@@ -34,6 +35,7 @@ pub struct Application {
     listener: Option<TcpListener>,
     state: AppState,
     roles: Roles,
+    runner: RunnerOptions,
 }
 
 impl Application {
@@ -62,6 +64,10 @@ impl Application {
             listener,
             state,
             roles: config.roles,
+            runner: RunnerOptions {
+                lease: config.subscription_lease,
+                ..RunnerOptions::default()
+            },
         })
     }
 
@@ -83,8 +89,17 @@ impl Application {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = tokio::task::JoinSet::new();
         if self.roles.workers {
-            tracing::info!("workers role: no background subscriptions exist in this version");
+            let store = self.store.clone();
+            let listening = stopped.clone();
+            workers.spawn(async move { store.listen_for_appends(listening).await });
+            let mut runner = Runner::new(self.store.clone(), owner_id(), self.runner);
+            for projection in consult_projections::all() {
+                runner = runner.with(projection);
+            }
+            workers.spawn(runner.run(stopped));
         }
         match self.listener {
             Some(listener) => {
@@ -95,9 +110,27 @@ impl Application {
             }
             None => shutdown.await,
         }
+        let _ = stop.send(true);
+        let drained = async { while workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("workers did not stop within 10 s; leaving them");
+        }
         self.store.close().await;
         Ok(())
     }
+}
+
+/// Names this process in subscription leases: unique among live processes, no personal data.
+fn owner_id() -> String {
+    let mut bytes = [0u8; 4];
+    let suffix = match getrandom::fill(&mut bytes) {
+        Ok(()) => u32::from_le_bytes(bytes),
+        Err(_) => 0,
+    };
+    format!("pid{}-{suffix:08x}", std::process::id())
 }
 
 /// Completes on SIGINT or SIGTERM.

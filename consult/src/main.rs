@@ -52,6 +52,9 @@ enum Command {
         /// What this process runs: api, workers, or both.
         #[arg(long, env = "ROLES", default_value = "api,workers")]
         roles: String,
+        /// How soon a worker takes a subscription over from one that died.
+        #[arg(long, env = "SUBSCRIPTION_LEASE", default_value = "10s")]
+        subscription_lease: String,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -112,6 +115,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             public_base_url,
             app_url,
             roles,
+            subscription_lease,
         } => {
             let public_base_url = public_base_url.unwrap_or_else(|| format!("http://{bind}"));
             let config = Config {
@@ -122,6 +126,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 data_dir: storage.data_dir,
                 bind,
                 roles: Roles::parse(&roles)?,
+                subscription_lease: parse_duration("SUBSCRIPTION_LEASE", &subscription_lease)?,
             };
             let app = Application::build(&config).await?;
             tracing::info!(

@@ -640,7 +640,8 @@ impl Consultation {
         Ok(vec![event])
     }
 
-    fn evolve(&mut self, event: ConsultationEvent) {
+    /// Folds one event into the state: the write side and the read models share this.
+    pub fn evolve(&mut self, event: ConsultationEvent) {
         use ConsultationEvent as E;
         use Status as S;
 

@@ -155,6 +155,7 @@ impl Store {
                 .map_err(classify)
             {
                 Ok((version, position)) => {
+                    self.wake_subscribers();
                     let version = version as u64;
                     let position = match position {
                         Some(position) => position,

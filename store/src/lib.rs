@@ -7,6 +7,7 @@
 
 /// Runs the same sqlx expression on whichever pool the store has: the statements we write by
 /// hand are the same text on both backends, only the pool's type differs.
+#[macro_export]
 macro_rules! with_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
@@ -19,20 +20,28 @@ macro_rules! with_pool {
 mod error;
 mod execute;
 mod idempotency;
+mod log;
 mod metadata;
 mod pg_repository;
+mod subscription;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
+use tokio::sync::watch;
 
 pub use error::{ExecuteError, StoreError};
 pub use execute::{Committed, Loaded};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
+pub use log::{Checkpoint, LogBatch, RecordedEvent};
 pub use metadata::Metadata;
+pub use subscription::{
+    BoxFuture, Handler, HandlerError, Runner, RunnerOptions, SubscriptionStatus, Tx, LAG_COUNT_CAP,
+};
 
 /// Which database holds the events. Both pools are cheap handles to shared connection pools.
 #[derive(Debug, Clone)]
@@ -66,7 +75,12 @@ impl StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// Bumped whenever events are known to have been appended, to wake subscribers early.
+    appended: Arc<watch::Sender<u64>>,
 }
+
+/// The PostgreSQL channel the `events_notify` trigger notifies on every insert.
+const EVENTS_CHANNEL: &str = "consult_events";
 
 impl Store {
     /// Opens the database named by the URL. A SQLite file (and its directory) is created when
@@ -100,7 +114,71 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            appended: Arc::new(watch::channel(0).0),
+        })
+    }
+
+    /// The database, for the crates that keep their own tables beside the events.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Changes whenever events may have been appended: by this process at once, by others
+    /// through [`Store::listen_for_appends`].
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Wakes this process's subscribers.
+    pub fn wake_subscribers(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Relays PostgreSQL's notifications of new events (from any process) to this process's
+    /// subscribers until `stop` turns true. Subscribers poll as well, so while the listening
+    /// connection is down they are only slower. Returns at once on SQLite, whose writers are
+    /// all in this process.
+    pub async fn listen_for_appends(&self, mut stop: watch::Receiver<bool>) {
+        let Db::Postgres(pool) = &self.db else {
+            return;
+        };
+        let mut listener: Option<sqlx::postgres::PgListener> = None;
+        while !*stop.borrow() {
+            let Some(active) = listener.as_mut() else {
+                match sqlx::postgres::PgListener::connect_with(pool).await {
+                    Ok(mut fresh) => match fresh.listen(EVENTS_CHANNEL).await {
+                        Ok(()) => {
+                            listener = Some(fresh);
+                            // Something may have been written while nobody listened.
+                            self.wake_subscribers();
+                        }
+                        Err(err) => tracing::warn!(%err, "cannot LISTEN for new events"),
+                    },
+                    Err(err) => tracing::warn!(%err, "cannot open the LISTEN connection"),
+                }
+                if listener.is_none() {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                continue;
+            };
+            tokio::select! {
+                received = active.try_recv() => match received {
+                    Ok(Some(_)) => self.wake_subscribers(),
+                    // The connection dropped; the next try_recv reconnects and listens again.
+                    Ok(None) => self.wake_subscribers(),
+                    Err(err) => {
+                        tracing::warn!(%err, "LISTEN connection failed; reconnecting");
+                        listener = None;
+                    }
+                },
+                _ = stop.changed() => {}
+            }
+        }
     }
 
     /// `"postgres"` or `"sqlite"`.

@@ -1,6 +1,5 @@
 use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::Json;
 use chrono::{DateTime, Utc};
 use consult_domain::{
     Booking, BoundedText, Canceller, Consultation, ConsultationCommand, Contact, DurationMinutes,
@@ -387,42 +386,4 @@ pub async fn no_show(
         Ok(ConsultationCommand::RecordNoShow { party, at })
     })
     .await
-}
-
-/// `GET /v1/consultations/{id}` (its participants, admin, auditor), read from the events.
-pub async fn get(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let allowed = &[Role::Patient, Role::Provider, Role::Admin, Role::Auditor];
-    caller.require(allowed)?;
-    let id = parse_id(&id)?;
-    let loaded = state
-        .store
-        .load::<Consultation>(&id.to_string())
-        .await?
-        .ok_or(ApiError::NotFound("no such consultation"))?;
-    let consultation = loaded.aggregate;
-    let booking = consultation
-        .booking
-        .as_ref()
-        .ok_or(ApiError::NotFound("no such consultation"))?;
-    authorize(&caller, booking, allowed)?;
-    Ok(Json(json!({
-        "id": id,
-        "status": consultation.status.as_str(),
-        "payment_status": consultation.payment.as_str(),
-        "patient_id": booking.patient_id.as_str(),
-        "provider_id": booking.provider_id.as_str(),
-        "starts_at": booking.starts_at.instant(),
-        "ends_at": consultation.ends_at(),
-        "duration_minutes": booking.duration.minutes(),
-        "timezone": booking.timezone.name(),
-        "mode": booking.mode.as_str(),
-        "room": consultation.room.as_ref().map(|r| json!({"name": r.name, "provider": r.provider})),
-        "reason": booking.reason.as_ref().map(BoundedText::as_str),
-        "version": loaded.version,
-        "updated_at": consultation.updated_at,
-    })))
 }

@@ -1,7 +1,9 @@
+pub mod admin;
 pub mod consultations;
 pub mod docs;
 pub mod health;
 pub mod providers;
+pub mod reads;
 
 use crate::error::ApiError;
 

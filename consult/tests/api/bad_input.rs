@@ -211,15 +211,15 @@ async fn callers_cannot_touch_consultations_that_are_not_theirs(backend: Backend
         assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
     }
     let read = app
-        .get(&format!("/v1/consultations/{id}"), &other_patient)
+        .read(&format!("/v1/consultations/{id}"), &other_patient)
         .await;
     assert_problem(read, StatusCode::FORBIDDEN, "forbidden").await;
     let read = app
-        .get(&format!("/v1/consultations/{id}"), &other_provider)
+        .read(&format!("/v1/consultations/{id}"), &other_provider)
         .await;
     assert_problem(read, StatusCode::FORBIDDEN, "forbidden").await;
     // Auditors and admins may read it.
-    let read = app.get(&format!("/v1/consultations/{id}"), &auditor).await;
+    let read = app.read(&format!("/v1/consultations/{id}"), &auditor).await;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(app.db.event_count().await, before);
 }
@@ -238,7 +238,7 @@ async fn unknown_consultations_and_routes_are_404(backend: Backend) {
         assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
     }
     let response = app
-        .get(&format!("/v1/consultations/{unknown}"), &provider)
+        .read(&format!("/v1/consultations/{unknown}"), &provider)
         .await;
     assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
     let response = app.get("/v1/nowhere", &provider).await;

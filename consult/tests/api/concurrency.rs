@@ -92,7 +92,7 @@ async fn overlapping_consultations_accepted_concurrently_let_exactly_one_through
         let mut accepted = 0;
         for id in [&first, &second] {
             let body: Value = app
-                .get(&format!("/v1/consultations/{id}"), &token)
+                .read(&format!("/v1/consultations/{id}"), &token)
                 .await
                 .json()
                 .await

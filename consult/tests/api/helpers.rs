@@ -135,7 +135,17 @@ impl TestDb {
 
     /// How many events the store holds.
     pub async fn event_count(&self) -> i64 {
-        let sql = "SELECT count(*) FROM events";
+        self.scalar("SELECT count(*) FROM events").await
+    }
+
+    /// The highest position in the log (0 when empty).
+    pub async fn head_position(&self) -> i64 {
+        self.scalar("SELECT COALESCE(max(position), 0) FROM events")
+            .await
+    }
+
+    /// One integer computed by `sql`.
+    pub async fn scalar(&self, sql: &str) -> i64 {
         match self.backend {
             Backend::Sqlite => {
                 let pool = sqlx::SqlitePool::connect(&self.url)
@@ -143,7 +153,7 @@ impl TestDb {
                     .expect("open sqlite");
                 let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
                 pool.close().await;
-                n.expect("count events")
+                n.expect("an integer")
             }
             Backend::Postgres => {
                 let pool = sqlx::PgPool::connect(&self.url)
@@ -151,7 +161,7 @@ impl TestDb {
                     .expect("open postgres");
                 let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
                 pool.close().await;
-                n.expect("count events")
+                n.expect("an integer")
             }
         }
     }
@@ -188,6 +198,7 @@ async fn start(db: TestDb) -> TestApp {
             workers: true,
         },
         jwt_secret: SecretString::from(SECRET),
+        subscription_lease: std::time::Duration::from_secs(10),
     };
     let app = Application::build(&config).await.expect("build the app");
     let port = app.port().expect("the api role listens");
@@ -295,6 +306,21 @@ impl TestApp {
             .send()
             .await
             .expect("GET reaches the server")
+    }
+
+    /// Reads its own writes: a GET with `?after=` the log's head, as a client passes the
+    /// position of its last command.
+    pub async fn read(&self, path: &str, token: &str) -> Response {
+        let head = self.db.head_position().await;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let response = self
+            .get(&format!("{path}{separator}after={head}"), token)
+            .await;
+        assert!(
+            response.headers().get("x-projection-stale").is_none(),
+            "the projection did not reach position {head} within the wait"
+        );
+        response
     }
 
     pub async fn register_provider(&self, id: &str) {

@@ -71,7 +71,7 @@ async fn book_accept_reschedule_cancel_walks_the_whole_path(backend: Backend) {
     assert_eq!(rescheduled["version"], 3);
 
     let read: Value = app
-        .get(&format!("/v1/consultations/{id}"), &provider)
+        .read(&format!("/v1/consultations/{id}"), &provider)
         .await
         .json()
         .await
@@ -189,7 +189,7 @@ async fn restarting_the_process_loses_nothing(backend: Backend) {
     let mut before = Vec::new();
     for id in &ids {
         let body: Value = app
-            .get(&format!("/v1/consultations/{id}"), &provider)
+            .read(&format!("/v1/consultations/{id}"), &provider)
             .await
             .json()
             .await
@@ -201,7 +201,7 @@ async fn restarting_the_process_loses_nothing(backend: Backend) {
     let provider = app.token(Role::Provider, "prov-1");
     for (id, expected) in ids.iter().zip(&before) {
         let after: Value = app
-            .get(&format!("/v1/consultations/{id}"), &provider)
+            .read(&format!("/v1/consultations/{id}"), &provider)
             .await
             .json()
             .await

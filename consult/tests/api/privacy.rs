@@ -26,7 +26,7 @@ async fn the_reason_for_the_visit_never_appears_in_the_logs(backend: Backend) {
         .to_owned();
     // Read it back: the reason is shown to the participants...
     let read: serde_json::Value = app
-        .get(&format!("/v1/consultations/{id}"), &provider)
+        .read(&format!("/v1/consultations/{id}"), &provider)
         .await
         .json()
         .await

@@ -1,0 +1,151 @@
+//! Operations: subscription status, projection rebuilds, Prometheus metrics.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{TimeZone as _, Utc};
+use consult_store::SubscriptionStatus;
+use serde_json::{json, Value};
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::AppState;
+
+fn instant(ms: i64) -> Option<chrono::DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// What a subscription is doing, in one word.
+fn activity(status: &SubscriptionStatus, now_ms: i64) -> &'static str {
+    if status.reset_pending {
+        "reset_requested"
+    } else if status.failing_since_ms.is_some() {
+        "failing"
+    } else if status.owner.is_none() || status.lease_until_ms < now_ms {
+        "stopped"
+    } else if status.lag_events > 0 {
+        "catching_up"
+    } else {
+        "live"
+    }
+}
+
+fn view(status: &SubscriptionStatus, now_ms: i64) -> Value {
+    let projection = consult_projections::by_name(&status.name).is_some();
+    json!({
+        "name": status.name,
+        "kind": if projection { "projection" } else { "reactor" },
+        "state": activity(status, now_ms),
+        "position": status.position,
+        "transaction_id": status.transaction_id,
+        "applied_since_reset": status.applied,
+        "lag_events": status.lag_events,
+        "lag_events_capped": status.lag_events >= consult_store::LAG_COUNT_CAP,
+        "lag_seconds": status.lag_ms as f64 / 1000.0,
+        "owner": status.owner,
+        "lease_expires_at": instant(status.lease_until_ms),
+        "last_reset_at": status.reset_at_ms.and_then(instant),
+        "updated_at": instant(status.updated_at_ms),
+        "failures": status.failures,
+        "failing_since": status.failing_since_ms.and_then(instant),
+        "last_error": status.last_error,
+    })
+}
+
+/// `GET /v1/admin/subscriptions` (admin): every subscription's checkpoint, owner and lag.
+pub async fn subscriptions(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let statuses = state.store.subscription_statuses().await?;
+    let (head, _) = state.store.log_head().await?;
+    let now_ms = state.clock.now().timestamp_millis();
+    Ok(Json(json!({
+        "head_position": head,
+        "subscriptions": statuses.iter().map(|s| view(s, now_ms)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /v1/admin/projections/{name}/rebuild` (admin): asks the projection's owner to empty
+/// it and replay the log from position 0. Answers 202 at once; progress shows on
+/// `GET /v1/admin/subscriptions`. Reads keep being served meanwhile, from the partly rebuilt
+/// model.
+pub async fn rebuild(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let Some(projection) = consult_projections::by_name(&name) else {
+        return Err(ApiError::NotFound("no such projection"));
+    };
+    state.store.request_reset(projection.name()).await?;
+    tracing::info!(projection = projection.name(), "rebuild requested");
+    let body = json!({
+        "name": projection.name(),
+        "state": "reset_requested",
+        "status_url": "/v1/admin/subscriptions",
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// A metric family: name, help text, and how a subscription's value is written.
+type Family = (&'static str, &'static str, fn(&SubscriptionStatus) -> String);
+
+/// `GET /metrics`: Prometheus text format. Subscription figures are read from the database,
+/// so any process reports every subscription. No personal data.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let statuses = state.store.subscription_statuses().await?;
+    let (head, _) = state.store.log_head().await?;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HELP consult_log_head_position Highest global log position written."
+    );
+    let _ = writeln!(text, "# TYPE consult_log_head_position gauge");
+    let _ = writeln!(text, "consult_log_head_position {head}");
+    let families: [Family; 4] = [
+        (
+            "consult_subscription_position",
+            "Position of the last event the subscription handled.",
+            |s| s.position.to_string(),
+        ),
+        (
+            "consult_subscription_lag_events",
+            "Events written but not yet handled (capped).",
+            |s| s.lag_events.to_string(),
+        ),
+        (
+            "consult_subscription_lag_seconds",
+            "Age of the oldest event not yet handled.",
+            |s| format!("{:.3}", s.lag_ms as f64 / 1000.0),
+        ),
+        (
+            "consult_subscription_failures",
+            "Consecutive failed attempts of the current batch.",
+            |s| s.failures.to_string(),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} gauge");
+        for status in &statuses {
+            let _ = writeln!(
+                text,
+                "{name}{{subscription=\"{}\"}} {}",
+                status.name,
+                value(status)
+            );
+        }
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
