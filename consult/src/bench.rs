@@ -29,6 +29,46 @@ pub struct BenchArgs {
     /// Keep the scratch database afterwards.
     #[arg(long)]
     keep: bool,
+    /// Scenarios to run, comma-separated: commands, freshness, rebuild.
+    #[arg(long, default_value = "commands,freshness,rebuild")]
+    scenarios: String,
+    /// Events in the store for the rebuild scenario (4 per consultation).
+    #[arg(long, default_value_t = 1_000_000)]
+    rebuild_events: u64,
+    /// Background command rate of the freshness scenario, per second.
+    #[arg(long, default_value_t = 500)]
+    freshness_load: u32,
+}
+
+/// Which scenarios a run includes.
+#[derive(Debug, Clone, Copy)]
+struct Scenarios {
+    commands: bool,
+    freshness: bool,
+    rebuild: bool,
+}
+
+impl Scenarios {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut scenarios = Self {
+            commands: false,
+            freshness: false,
+            rebuild: false,
+        };
+        for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "commands" => scenarios.commands = true,
+                "freshness" => scenarios.freshness = true,
+                "rebuild" => scenarios.rebuild = true,
+                other => {
+                    return Err(format!(
+                        "unknown scenario {other}: commands, freshness, rebuild"
+                    ))
+                }
+            }
+        }
+        Ok(scenarios)
+    }
 }
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0";
@@ -65,6 +105,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()
         .map_err(|_| "--clients must be numbers separated by commas")?;
     let duration = Duration::from_secs(args.seconds.max(1));
+    let scenarios = Scenarios::parse(&args.scenarios)?;
 
     let name = format!("consult_bench_{}", std::process::id());
     let mut admin = sqlx::PgConnection::connect(&args.postgres_url).await?;
@@ -78,7 +119,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let url = format!("{base}/{name}");
     eprintln!("bench: scratch database {name}");
 
-    let result = run_on(&url, &levels, duration).await;
+    let result = run_on(&url, &levels, duration, scenarios, &args).await;
 
     if !args.keep {
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -92,6 +133,8 @@ async fn run_on(
     url: &str,
     levels: &[usize],
     duration: Duration,
+    scenarios: Scenarios,
+    args: &BenchArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = std::env::temp_dir().join(format!("consult-bench-{}", std::process::id()));
     let port = {
@@ -103,7 +146,7 @@ async fn run_on(
         .env("DATABASE_URL", url)
         .env("DATA_DIR", &data_dir)
         .env("BIND", format!("127.0.0.1:{port}"))
-        .env("ROLES", "api")
+        .env("ROLES", "api,workers")
         .env("AUTH_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -142,6 +185,44 @@ async fn run_on(
         }
     }
 
+    if scenarios.commands {
+        commands(url, &client, &address, &token, levels, duration).await?;
+    }
+    if scenarios.freshness {
+        let admin = token(Role::Admin, "bench-admin");
+        freshness(
+            &client,
+            &address,
+            &token,
+            &admin,
+            args.freshness_load,
+            duration,
+        )
+        .await?;
+    }
+    println!();
+    println!(
+        "engine peak RSS: {:.1} MiB",
+        peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+    );
+    engine.start_kill()?;
+    let _ = engine.wait().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if scenarios.rebuild {
+        rebuild(url, args.rebuild_events).await?;
+    }
+    Ok(())
+}
+
+/// Command throughput and latency at each client count, beside the INSERT-loop ceilings.
+async fn commands(
+    url: &str,
+    client: &reqwest::Client,
+    address: &str,
+    token: &impl Fn(Role, &str) -> String,
+    levels: &[usize],
+    duration: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
     // The ceiling named by the targets: one connection inserting one row per statement.
     let single = insert_loop(url, 1, duration).await?;
     println!(
@@ -153,7 +234,7 @@ async fn run_on(
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut slot_offset = 0i64;
     for &clients in levels {
-        let mut sample = drive(&client, &address, &token, clients, duration, slot_offset).await;
+        let mut sample = drive(client, address, token, clients, duration, slot_offset, None).await;
         slot_offset += 1_000_000;
         let ceiling = insert_loop(url, clients, duration).await?;
         println!(
@@ -167,14 +248,6 @@ async fn run_on(
             sample.rate() / ceiling.rate(),
         );
     }
-    println!();
-    println!(
-        "engine peak RSS: {:.1} MiB",
-        peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
-    );
-    engine.start_kill()?;
-    let _ = engine.wait().await;
-    let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
 }
 
@@ -241,6 +314,7 @@ async fn drive(
     clients: usize,
     duration: Duration,
     slot_offset: i64,
+    pace: Option<Duration>,
 ) -> Sample {
     let started = Instant::now();
     let base = chrono::Utc::now() + chrono::Duration::days(2);
@@ -254,8 +328,16 @@ async fn drive(
             let mut latencies = Vec::new();
             let mut errors = 0;
             let mut n = slot_offset;
+            let mut ticker = pace.map(|p| {
+                let mut ticker = tokio::time::interval(p);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker
+            });
             while started.elapsed() < duration {
                 n += 1;
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                }
                 let starts_at = base + chrono::Duration::minutes(30 * n);
                 let t = Instant::now();
                 let booked = client
@@ -316,4 +398,287 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Commit-to-visible latency of the read model under a steady background load: a probe books a
+/// consultation, then reads it (without `?after`) every millisecond until the projection shows
+/// it. The background is book → accept pairs paced to `load` commands per second.
+async fn freshness(
+    client: &reqwest::Client,
+    address: &str,
+    token: &impl Fn(Role, &str) -> String,
+    admin: &str,
+    load: u32,
+    duration: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const LOADERS: usize = 8;
+    // Each loader sends two commands per tick.
+    let per_loader = f64::from(load.max(1)) / 2.0 / LOADERS as f64;
+    let pace = Duration::from_secs_f64(1.0 / per_loader);
+    let background = {
+        let client = client.clone();
+        let address = address.to_owned();
+        let tokens: Vec<(String, String)> = (0..LOADERS)
+            .map(|c| {
+                (
+                    token(Role::Patient, &format!("bench-pat-{c}")),
+                    token(Role::Provider, &format!("bench-prov-{c}")),
+                )
+            })
+            .collect();
+        let mint = move |role: Role, sub: &str| -> String {
+            let c: usize = sub
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            match role {
+                Role::Patient => tokens[c].0.clone(),
+                _ => tokens[c].1.clone(),
+            }
+        };
+        tokio::spawn(async move {
+            drive(
+                &client,
+                &address,
+                &mint,
+                LOADERS,
+                duration,
+                50_000_000,
+                Some(pace),
+            )
+            .await
+        })
+    };
+    let probe_patient = token(Role::Patient, "bench-probe");
+    let started = Instant::now();
+    let base = chrono::Utc::now() + chrono::Duration::days(3000);
+    let mut latencies = Vec::new();
+    let mut misses = 0;
+    let mut n = 0i64;
+    while started.elapsed() < duration {
+        n += 1;
+        let starts_at = base + chrono::Duration::minutes(30 * n);
+        let booked = client
+            .post(format!("{address}/v1/consultations"))
+            .bearer_auth(&probe_patient)
+            .json(&json!({"provider_id": "bench-prov-0",
+                "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
+                "duration_minutes": 30, "mode": "video", "timezone": "UTC",
+                "contact": {"email": "patient@example.org"}}))
+            .send()
+            .await?;
+        let committed = Instant::now();
+        let body: serde_json::Value = booked.json().await?;
+        let Some(id) = body["id"].as_str() else {
+            misses += 1;
+            continue;
+        };
+        let visible = loop {
+            let read = client
+                .get(format!("{address}/v1/consultations/{id}"))
+                .bearer_auth(admin)
+                .send()
+                .await?;
+            if read.status().is_success() {
+                break Some(committed.elapsed());
+            }
+            if committed.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        match visible {
+            Some(latency) => latencies.push(latency),
+            None => misses += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load_sample = background.await?;
+    let mut probe = Sample {
+        ops: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+        errors: misses,
+    };
+    println!();
+    println!(
+        "freshness (commit → read model visible) under {:.0} commands/s background ({} errors): \
+         p50 {:.2} ms, p99 {:.2} ms over {} probes, {} not visible within 5 s",
+        load_sample.rate(),
+        load_sample.errors,
+        probe.percentile_ms(50.0),
+        probe.percentile_ms(99.0),
+        probe.ops,
+        probe.errors,
+    );
+    Ok(())
+}
+
+/// Fills the store with `events` consultation events (4 per consultation, written in chunks as
+/// separate transactions), measures a bare SELECT scan of them, then rebuilds the consultations
+/// projection from position 0 in this process and reports events applied per second.
+async fn rebuild(url: &str, events: u64) -> Result<(), Box<dyn std::error::Error>> {
+    use consult_store::{Store, StoreOptions};
+    let consultations = events.div_ceil(4);
+    let store = Store::connect(&StoreOptions::new(url)).await?;
+    store.migrate().await?;
+    let consult_store::Db::Postgres(pool) = store.db() else {
+        return Err("the rebuild scenario runs on PostgreSQL".into());
+    };
+    let (_, before) = store.log_head().await?;
+    let seeding = Instant::now();
+    eprintln!(
+        "bench: writing {} events for the rebuild",
+        consultations * 4
+    );
+    const CHUNK: u64 = 10_000;
+    let templates = stream_templates();
+    let mut from = 0;
+    while from < consultations {
+        let to = (from + CHUNK).min(consultations);
+        for (sequence, (event_type, payload)) in templates.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                 event_version, payload, metadata) \
+                 SELECT 'consultation', md5('bench' || g)::uuid::text, $3, $4, '1.0', \
+                        replace(replace($5, '00000000-0000-0000-0000-000000000000', \
+                                        md5('bench' || g)::uuid::text), \
+                                'bench-provider', 'bench-provider-' || g)::jsonb, \
+                        '{\"actor_id\": \"bench\", \"actor_role\": \"system\"}' \
+                   FROM generate_series($1::bigint, $2::bigint) AS g",
+            )
+            .bind(i64::try_from(from)?)
+            .bind(i64::try_from(to - 1)?)
+            .bind(i64::try_from(sequence + 1)?)
+            .bind(event_type)
+            .bind(payload)
+            .execute(pool)
+            .await?;
+        }
+        from = to;
+        if from % 100_000 == 0 || from == consultations {
+            eprintln!("bench:   {} consultations written", from);
+        }
+    }
+    let (_, total) = store.log_head().await?;
+    eprintln!(
+        "bench: {} events written in {:.1}s ({} were there before)",
+        total - before,
+        seeding.elapsed().as_secs_f64(),
+        before
+    );
+
+    // The ceiling: one streaming SELECT of the columns the log reader decodes.
+    let scan = Instant::now();
+    let mut rows = 0u64;
+    {
+        use futures_util::StreamExt as _;
+        let mut stream =
+            sqlx::query_as::<_, (i64, i64, String, String, i64, String, String, String)>(
+                "SELECT transaction_id::text::bigint, position, aggregate_type, aggregate_id, \
+                    sequence, event_type, payload::text, metadata::text \
+               FROM events ORDER BY transaction_id, position",
+            )
+            .fetch(pool);
+        while let Some(row) = stream.next().await {
+            row?;
+            rows += 1;
+        }
+    }
+    let scan_rate = rows as f64 / scan.elapsed().as_secs_f64();
+
+    eprintln!("bench: rebuilding the consultations projection");
+    let done = consult::rebuild::rebuild(&store, "consultations", Duration::from_secs(2), |p| {
+        eprintln!(
+            "bench:   {}/{} applied, {:.0} events/s",
+            p.applied, p.total, p.rate
+        );
+    })
+    .await?;
+    println!();
+    println!("| rebuild of `consultations` | events | seconds | events/s |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| bare SELECT scan (ceiling) | {rows} | {:.1} | {scan_rate:.0} |",
+        rows as f64 / scan_rate
+    );
+    println!(
+        "| projection rebuild (applied) | {} | {:.1} | {:.0} |",
+        done.applied,
+        done.elapsed.as_secs_f64(),
+        done.rate
+    );
+    println!("rebuild / scan: {:.2}", done.rate / scan_rate);
+    store.close().await;
+    Ok(())
+}
+
+/// One consultation's stream as (event type, payload JSON) with placeholder ids: booked,
+/// accepted, paid, rescheduled.
+fn stream_templates() -> Vec<(&'static str, String)> {
+    use consult_domain::{
+        Booking, ConsultationEvent as E, Contact, DurationMinutes, EmailAddress, Mode, Party,
+        PatientId, ProviderId, StartTime, TimeZone,
+    };
+    let now = chrono::Utc::now();
+    let start = now + chrono::Duration::days(30);
+    let later = start + chrono::Duration::days(1);
+    let parse = |at| StartTime::parse(at, now).ok();
+    let (Some(starts_at), Some(moved), Ok(duration)) =
+        (parse(start), parse(later), DurationMinutes::parse(30))
+    else {
+        return Vec::new();
+    };
+    let (Ok(patient_id), Ok(provider_id), Ok(timezone), Ok(email)) = (
+        PatientId::parse("bench-patient"),
+        ProviderId::parse("bench-provider"),
+        TimeZone::parse("Europe/Paris"),
+        EmailAddress::parse("patient@example.org"),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(contact) = Contact::new(None, Some(email), false) else {
+        return Vec::new();
+    };
+    let booking = Booking {
+        consultation_id: uuid::Uuid::nil(),
+        patient_id,
+        provider_id: provider_id.clone(),
+        starts_at,
+        duration,
+        mode: Mode::Video,
+        timezone,
+        contact,
+        reason: None,
+    };
+    let ends = start + chrono::Duration::minutes(30);
+    let events = [
+        E::Booked { booking, at: now },
+        E::Accepted {
+            provider_id: provider_id.clone(),
+            starts_at: start,
+            ends_at: ends,
+            at: now,
+        },
+        E::PaymentConfirmed {
+            payment_id: "pi_bench".into(),
+            amount_minor: 5000,
+            currency: "EUR".into(),
+            at: now,
+        },
+        E::Rescheduled {
+            provider_id,
+            previous_starts_at: start,
+            starts_at: moved,
+            ends_at: later + chrono::Duration::minutes(30),
+            duration,
+            by: Party::Patient,
+            at: now,
+        },
+    ];
+    events
+        .into_iter()
+        .map(|e| (e.name(), serde_json::to_string(&e).unwrap_or_default()))
+        .collect()
 }

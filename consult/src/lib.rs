@@ -2,6 +2,7 @@
 //! only the command line; tests start the same [`Application`] on port 0.
 
 pub mod config;
+pub mod rebuild;
 pub mod secret;
 
 use std::future::Future;

@@ -75,6 +75,14 @@ enum Command {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
+    /// Empty a projection and replay the whole log into it, showing progress. The API may
+    /// keep serving meanwhile.
+    Rebuild {
+        /// The projection's name (see GET /v1/admin/subscriptions).
+        projection: String,
+        #[command(flatten)]
+        storage: Storage,
+    },
     /// Drive book → accept through the HTTP API and report throughput, latency and memory.
     Bench(bench::BenchArgs),
 }
@@ -164,6 +172,47 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 iat: Some(now),
             });
             println!("{token}");
+        }
+        Command::Rebuild {
+            projection,
+            storage,
+        } => {
+            let url = database_url(storage.database_url, &storage.data_dir);
+            let store = Store::connect(&StoreOptions::new(url)).await?;
+            store.migrate().await?;
+            eprintln!("rebuilding {projection} from position 0");
+            let done = consult::rebuild::rebuild(
+                &store,
+                &projection,
+                std::time::Duration::from_secs(1),
+                |p| {
+                    if !p.started {
+                        eprintln!("  waiting for the projection's owner to reset it…");
+                        return;
+                    }
+                    let percent = if p.total > 0 {
+                        100.0 * p.applied as f64 / p.total as f64
+                    } else {
+                        100.0
+                    };
+                    let eta = p
+                        .eta()
+                        .map_or_else(|| "?".to_owned(), |d| format!("{}s", d.as_secs()));
+                    eprintln!(
+                        "  {}/{} events ({percent:.0}%), {:.0} events/s, ETA {eta}",
+                        p.applied, p.total, p.rate
+                    );
+                },
+            )
+            .await;
+            store.close().await;
+            let done = done?;
+            eprintln!(
+                "rebuilt {projection}: {} events in {:.1}s ({:.0} events/s)",
+                done.applied,
+                done.elapsed.as_secs_f64(),
+                done.rate
+            );
         }
         Command::Bench(args) => bench::run(args).await?,
     }

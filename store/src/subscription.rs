@@ -212,6 +212,13 @@ impl Store {
         const SQL: &str = "INSERT INTO subscriptions (name, reset_pending) VALUES ($1, true) \
                            ON CONFLICT (name) DO UPDATE SET reset_pending = true";
         with_pool!(&self.db, pool => sqlx::query(SQL).bind(name).execute(pool).await.map(|_| ())?);
+        // Wake the owner wherever it runs: here, and on PostgreSQL in other processes too.
+        if let Db::Postgres(pool) = &self.db {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(crate::EVENTS_CHANNEL)
+                .execute(pool)
+                .await?;
+        }
         self.wake_subscribers();
         Ok(())
     }
@@ -564,16 +571,22 @@ impl Worker {
         let mut wake = self.store.appended();
         let mut held: Option<Held> = None;
         let mut failures: u32 = 0;
+        // Shrinks while batches fail, down to the one event at fault, so that everything
+        // before it is applied and the error names it; grows back after successes.
+        let mut limit = self.options.batch_size.max(1);
+        // Read the subscription's row again before the next batch.
+        let mut recheck = false;
         let renew_every = self.options.lease / 3;
         loop {
             if *self.stop.borrow() {
                 break;
             }
             // Own the subscription (or keep owning it) before anything else.
-            if held
+            let due = held
                 .as_ref()
-                .is_none_or(|h| h.renewed.elapsed() >= renew_every)
-            {
+                .is_none_or(|h| h.renewed.elapsed() >= renew_every);
+            if recheck || due {
+                recheck = false;
                 match self.take_lease().await {
                     Ok(Some(row)) if row.reset_pending => {
                         held = None;
@@ -630,11 +643,7 @@ impl Worker {
                 continue;
             };
             wake.borrow_and_update();
-            let batch = match self
-                .store
-                .read_log(current.checkpoint, self.options.batch_size)
-                .await
-            {
+            let batch = match self.store.read_log(current.checkpoint, limit).await {
                 Ok(batch) => batch,
                 Err(err) => {
                     failures += 1;
@@ -648,14 +657,20 @@ impl Worker {
                 } else {
                     self.options.poll_interval.min(renew_every)
                 };
-                tokio::select! {
+                let woken = tokio::select! {
                     changed = wake.changed() => {
                         if changed.is_err() {
                             tokio::time::sleep(wait).await;
                         }
+                        true
                     }
-                    () = tokio::time::sleep(wait) => {}
-                    _ = self.stop.changed() => {}
+                    () = tokio::time::sleep(wait) => false,
+                    _ = self.stop.changed() => false,
+                };
+                if woken && !batch.held_back {
+                    // Idle and woken: the wake may be a rebuild request, which only the
+                    // subscription's row tells. Renewing the lease reads it.
+                    recheck = true;
                 }
                 continue;
             }
@@ -672,6 +687,7 @@ impl Worker {
             {
                 Ok(true) => {
                     failures = 0;
+                    limit = limit.saturating_mul(2).min(self.options.batch_size.max(1));
                     if let Some(last) = batch.events.last() {
                         current.checkpoint = last.checkpoint();
                     }
@@ -679,9 +695,19 @@ impl Worker {
                 }
                 // Lost the lease or a reset was asked for: look at the row again.
                 Ok(false) => held = None,
+                Err(err) if batch.events.len() > 1 => {
+                    // Look for the event at fault before counting a failure.
+                    tracing::debug!(subscription = self.name, %err, "batch failed; narrowing it");
+                    limit = u32::try_from(batch.events.len() / 2).unwrap_or(1).max(1);
+                }
                 Err(err) => {
                     failures += 1;
-                    self.failed(err.as_ref(), failures).await;
+                    let position = batch.events.first().map_or(0, |e| e.position);
+                    let err = AtPosition {
+                        position,
+                        source: err,
+                    };
+                    self.failed(&err, failures).await;
                 }
             }
         }
@@ -721,6 +747,15 @@ impl Worker {
             _ = self.stop.changed() => {}
         }
     }
+}
+
+/// A handler's failure on the event at `position`.
+#[derive(Debug, thiserror::Error)]
+#[error("event at position {position}")]
+struct AtPosition {
+    position: i64,
+    #[source]
+    source: HandlerError,
 }
 
 /// An error and its causes on one line.

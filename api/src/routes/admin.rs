@@ -94,7 +94,11 @@ pub async fn rebuild(
 }
 
 /// A metric family: name, help text, and how a subscription's value is written.
-type Family = (&'static str, &'static str, fn(&SubscriptionStatus) -> String);
+type Family = (
+    &'static str,
+    &'static str,
+    fn(&SubscriptionStatus) -> String,
+);
 
 /// `GET /metrics`: Prometheus text format. Subscription figures are read from the database,
 /// so any process reports every subscription. No personal data.

@@ -109,9 +109,14 @@ mod tests {
     const ROUTES: &[(&str, &str)] = &[
         ("get", "/healthz"),
         ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/v1/admin/subscriptions"),
+        ("post", "/v1/admin/projections/{name}/rebuild"),
         ("post", "/v1/providers"),
         ("get", "/v1/providers/{id}"),
+        ("get", "/v1/providers/{id}/schedule"),
         ("post", "/v1/consultations"),
+        ("get", "/v1/consultations"),
         ("get", "/v1/consultations/{id}"),
         ("post", "/v1/consultations/{id}/accept"),
         ("post", "/v1/consultations/{id}/decline"),
@@ -213,7 +218,8 @@ mod tests {
                     );
                 }
             }
-            let open = ["/healthz", "/readyz", "/openapi.json", "/docs"].contains(&path.as_str());
+            let open = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"]
+                .contains(&path.as_str());
             assert_eq!(
                 op.get("security") == Some(&Value::Array(Vec::new())),
                 open,

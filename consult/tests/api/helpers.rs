@@ -220,10 +220,29 @@ async fn start(db: TestDb) -> TestApp {
 impl Drop for TestApp {
     /// Drops a PostgreSQL test database once its test is over, closing what still uses it.
     fn drop(&mut self) {
-        if self.db.backend != Backend::Postgres || !self.owns_db {
+        if self.owns_db {
+            self.db.drop_database();
+        }
+    }
+}
+
+/// Drops its PostgreSQL database when the test that made it ends, even by a panic.
+#[derive(Debug)]
+pub struct DbGuard(pub TestDb);
+
+impl Drop for DbGuard {
+    fn drop(&mut self) {
+        self.0.drop_database();
+    }
+}
+
+impl TestDb {
+    /// Drops the database (PostgreSQL), closing the connections that still use it.
+    pub fn drop_database(&self) {
+        if self.backend != Backend::Postgres {
             return;
         }
-        let url = self.db.url.clone();
+        let url = self.url.clone();
         let cleanup = std::thread::spawn(move || {
             let Some((base, name)) = url.rsplit_once('/') else {
                 return;

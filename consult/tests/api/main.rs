@@ -6,3 +6,5 @@ mod bad_input;
 mod concurrency;
 mod lifecycle;
 mod privacy;
+mod reads;
+mod subscriptions;
