@@ -543,3 +543,143 @@ crate::on_both_backends!(
     many_writers_every_event_once_in_stream_order,
     a_failing_handler_holds_its_checkpoint_and_recovers,
 );
+
+/// The pid in a lease owner's name (`pid<N>-<random>`).
+fn owner_pid(status: &SubscriptionStatus) -> Option<u32> {
+    status
+        .owner
+        .as_deref()?
+        .strip_prefix("pid")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Two worker processes on one database: one owns the projection; kill -9 it while commands
+/// stream in, the other takes over within seconds, and every event is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
+    let Some(db) = TestDb::fresh(Backend::Postgres).await else {
+        return;
+    };
+    let _guard = DbGuard(db.clone());
+    let store = Store::connect(&StoreOptions::new(db.url.clone()))
+        .await
+        .expect("open the store");
+    store.migrate().await.expect("migrate");
+    let worker = |n: u32| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_consult"))
+            .arg("serve")
+            .env("ROLES", "workers")
+            .env("DATABASE_URL", &db.url)
+            .env("DATA_DIR", db.data_dir.join(format!("worker-{n}")))
+            .env("SUBSCRIPTION_LEASE", "2s")
+            .env(
+                "AUTH_JWT_SECRET",
+                "worker-test-secret-that-is-long-enough-0",
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a worker process")
+    };
+    let mut workers = [worker(1), worker(2)];
+    let pids: Vec<u32> = workers.iter().map(|w| w.id().expect("pid")).collect();
+
+    // Commands stream in from this process while the workers project them.
+    const CONSULTATIONS: usize = 120;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..CONSULTATIONS {
+                let id = uuid::Uuid::new_v4();
+                let key = id.to_string();
+                let at = Utc::now();
+                command(
+                    &store,
+                    &key,
+                    ConsultationCommand::Book {
+                        booking: booking(id, n),
+                        at,
+                    },
+                )
+                .await;
+                command(&store, &key, ConsultationCommand::Accept { at: Utc::now() }).await;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let s = status(&store, "consultations").await;
+            owner_pid(&s).is_some_and(|pid| pids.contains(&pid)) && s.applied > 0
+        })
+        .await,
+        "one of the workers owns the projection and applies events"
+    );
+    let owner = owner_pid(&status(&store, "consultations").await).expect("an owner");
+    // While both live, ownership does not move.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            owner_pid(&status(&store, "consultations").await),
+            Some(owner)
+        );
+    }
+    assert!(!writer.is_finished(), "the kill happens mid-stream");
+    let (killed, survivor) = if pids[0] == owner { (0, 1) } else { (1, 0) };
+    workers[killed].start_kill().expect("kill -9 the owner");
+    let _ = workers[killed].wait().await;
+    let killed_at = Instant::now();
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            owner_pid(&status(&store, "consultations").await) == Some(pids[survivor])
+        })
+        .await,
+        "the survivor takes the projection over"
+    );
+    let takeover = killed_at.elapsed();
+    assert!(
+        takeover < Duration::from_secs(6),
+        "takeover took {takeover:?}"
+    );
+
+    writer.await.expect("writer");
+    let total = event_count(&store).await;
+    assert_eq!(total, (CONSULTATIONS * 2) as i64);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            status(&store, "consultations").await.lag_events == 0
+        })
+        .await,
+        "the survivor catches up"
+    );
+    let projection = status(&store, "consultations").await;
+    assert_eq!(
+        projection.applied, total,
+        "every event applied exactly once"
+    );
+    assert_eq!(projection.failures, 0, "{:?}", projection.last_error);
+    let rows = summaries(&store).await;
+    assert_eq!(rows.len(), CONSULTATIONS);
+    assert!(rows.iter().all(|row| row.4 == 2 && row.1 == "accepted"));
+
+    // The model the two workers built equals one rebuilt from scratch by the survivor.
+    store.request_reset("consultations").await.expect("reset");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let s = status(&store, "consultations").await;
+            !s.reset_pending && s.reset_at_ms.is_some() && s.applied == total
+        })
+        .await,
+        "the survivor rebuilds"
+    );
+    assert_eq!(summaries(&store).await, rows);
+    let survivor_alive = workers[survivor].try_wait().expect("status").is_none();
+    assert!(survivor_alive, "the survivor is still running");
+    store.close().await;
+}
