@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Events in the store for the rebuild scenario (4 per consultation).
     #[arg(long, default_value_t = 1_000_000)]
     rebuild_events: u64,
+    /// What the engine process runs while commands are measured (ROLES).
+    #[arg(long, default_value = "api,workers")]
+    engine_roles: String,
     /// Background command rate of the freshness scenario, per second.
     #[arg(long, default_value_t = 500)]
     freshness_load: u32,
@@ -146,7 +149,7 @@ async fn run_on(
         .env("DATABASE_URL", url)
         .env("DATA_DIR", &data_dir)
         .env("BIND", format!("127.0.0.1:{port}"))
-        .env("ROLES", "api,workers")
+        .env("ROLES", &args.engine_roles)
         .env("AUTH_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -532,7 +535,9 @@ async fn rebuild(url: &str, events: u64) -> Result<(), Box<dyn std::error::Error
         "bench: writing {} events for the rebuild",
         consultations * 4
     );
-    const CHUNK: u64 = 10_000;
+    // 2,500 consultations (10,000 events) per round: a consultation's four events lie within
+    // 10,000 positions of each other.
+    const CHUNK: u64 = 2_500;
     let templates = stream_templates();
     let mut from = 0;
     while from < consultations {

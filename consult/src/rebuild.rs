@@ -73,10 +73,7 @@ pub async fn rebuild(
     store.request_reset(name).await?;
 
     let (stop, stopped) = watch::channel(false);
-    let options = RunnerOptions {
-        batch_size: 5000,
-        ..RunnerOptions::default()
-    };
+    let options = RunnerOptions::default();
     let owner = format!("rebuild-pid{}", std::process::id());
     let runner = Runner::new(store.clone(), owner, options).with(projection);
     let listening = stopped.clone();

@@ -100,9 +100,7 @@ impl Handler for ConsultationsProjection {
                 .into_iter()
                 .filter(|(_, row)| row.state.booking.is_some() && row.position > 0)
                 .collect();
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                upsert(tx, chunk).await?;
-            }
+            upsert(tx, &rows).await?;
             Ok(())
         })
     }
@@ -120,6 +118,18 @@ impl Handler for ConsultationsProjection {
 /// The current state of the rows a batch touches (the ones that exist).
 async fn load(tx: &mut Tx<'_>, ids: &[&str]) -> Result<HashMap<String, Pending>, HandlerError> {
     let mut rows = HashMap::with_capacity(ids.len());
+    if let Tx::Postgres(conn) = tx {
+        // One array parameter, whatever the batch size.
+        let found: Vec<(String, Json<Consultation>)> =
+            sqlx::query_as("SELECT id, state FROM consultation_summaries WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&mut **conn)
+                .await?;
+        for (id, Json(state)) in found {
+            rows.insert(id, Pending { state, position: 0 });
+        }
+        return Ok(rows);
+    }
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let found: Vec<(String, Json<Consultation>)> = with_tx!(tx, conn => {
             let mut query = QueryBuilder::new("SELECT id, state FROM consultation_summaries WHERE id IN (");
@@ -141,36 +151,111 @@ fn millis(instant: Option<chrono::DateTime<chrono::Utc>>) -> i64 {
     instant.map_or(0, |t| t.timestamp_millis())
 }
 
+/// The columns of one row, in table order.
+struct Columns<'a> {
+    id: &'a str,
+    patient_id: &'a str,
+    provider_id: &'a str,
+    status: &'static str,
+    payment_status: &'static str,
+    mode: &'static str,
+    starts_at_ms: i64,
+    ends_at_ms: i64,
+    version: i64,
+    position: i64,
+    updated_at_ms: i64,
+}
+
+impl<'a> Columns<'a> {
+    fn of(id: &'a str, row: &'a Pending) -> Self {
+        let state = &row.state;
+        let booking = state.booking.as_ref();
+        Self {
+            id,
+            patient_id: booking.map_or("", |b| b.patient_id.as_str()),
+            provider_id: booking.map_or("", |b| b.provider_id.as_str()),
+            status: state.status.as_str(),
+            payment_status: state.payment.as_str(),
+            mode: booking.map_or("", |b| b.mode.as_str()),
+            starts_at_ms: millis(state.starts_at()),
+            ends_at_ms: millis(state.ends_at()),
+            version: i64::try_from(state.version).unwrap_or(i64::MAX),
+            position: row.position,
+            updated_at_ms: millis(state.updated_at),
+        }
+    }
+}
+
+const UPSERT_TAIL: &str = " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+    payment_status = excluded.payment_status, starts_at_ms = excluded.starts_at_ms, \
+    ends_at_ms = excluded.ends_at_ms, version = excluded.version, \
+    position = excluded.position, updated_at_ms = excluded.updated_at_ms, \
+    state = excluded.state";
+
 async fn upsert(tx: &mut Tx<'_>, rows: &[(String, Pending)]) -> Result<(), HandlerError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if let Tx::Postgres(conn) = tx {
+        // One statement with one array per column, whatever the batch size: PostgreSQL parses
+        // and plans it once instead of once per thousand rows of bound values.
+        let columns: Vec<Columns> = rows.iter().map(|(id, row)| Columns::of(id, row)).collect();
+        let states: Vec<Json<&Consultation>> =
+            rows.iter().map(|(_, row)| Json(&row.state)).collect();
+        let sql = format!(
+            "INSERT INTO consultation_summaries (id, patient_id, provider_id, status, \
+             payment_status, mode, starts_at_ms, ends_at_ms, version, position, updated_at_ms, \
+             state) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], \
+             $11::bigint[], $12::jsonb[]){UPSERT_TAIL}"
+        );
+        sqlx::query(&sql)
+            .bind(columns.iter().map(|c| c.id).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.patient_id).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.provider_id).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.status).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.payment_status).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.mode).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.starts_at_ms).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.ends_at_ms).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.version).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.position).collect::<Vec<_>>())
+            .bind(columns.iter().map(|c| c.updated_at_ms).collect::<Vec<_>>())
+            .bind(states)
+            .execute(&mut **conn)
+            .await?;
+        return Ok(());
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        upsert_values(tx, chunk).await?;
+    }
+    Ok(())
+}
+
+/// The portable upsert (SQLite): a multi-row VALUES list.
+async fn upsert_values(tx: &mut Tx<'_>, rows: &[(String, Pending)]) -> Result<(), HandlerError> {
     with_tx!(tx, conn => {
         let mut query = QueryBuilder::new(
             "INSERT INTO consultation_summaries (id, patient_id, provider_id, status, \
              payment_status, mode, starts_at_ms, ends_at_ms, version, position, updated_at_ms, state) ",
         );
         query.push_values(rows, |mut values, (id, row)| {
-            let state = &row.state;
-            let booking = state.booking.as_ref();
+            let c = Columns::of(id, row);
             values
-                .push_bind(id)
-                .push_bind(booking.map_or("", |b| b.patient_id.as_str()))
-                .push_bind(booking.map_or("", |b| b.provider_id.as_str()))
-                .push_bind(state.status.as_str())
-                .push_bind(state.payment.as_str())
-                .push_bind(booking.map_or("", |b| b.mode.as_str()))
-                .push_bind(millis(state.starts_at()))
-                .push_bind(millis(state.ends_at()))
-                .push_bind(i64::try_from(state.version).unwrap_or(i64::MAX))
-                .push_bind(row.position)
-                .push_bind(millis(state.updated_at))
-                .push_bind(Json(state));
+                .push_bind(c.id)
+                .push_bind(c.patient_id)
+                .push_bind(c.provider_id)
+                .push_bind(c.status)
+                .push_bind(c.payment_status)
+                .push_bind(c.mode)
+                .push_bind(c.starts_at_ms)
+                .push_bind(c.ends_at_ms)
+                .push_bind(c.version)
+                .push_bind(c.position)
+                .push_bind(c.updated_at_ms)
+                .push_bind(Json(&row.state));
         });
-        query.push(
-            " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-              payment_status = excluded.payment_status, starts_at_ms = excluded.starts_at_ms, \
-              ends_at_ms = excluded.ends_at_ms, version = excluded.version, \
-              position = excluded.position, updated_at_ms = excluded.updated_at_ms, \
-              state = excluded.state",
-        );
+        query.push(UPSERT_TAIL);
         query.build().execute(conn).await.map(|_| ())?
     });
     Ok(())

@@ -68,7 +68,7 @@ const PG_READ: &str = "\
            transaction_id < pg_snapshot_xmin(pg_current_snapshot()) AS settled \
       FROM events \
      WHERE (transaction_id, position) > (($1::bigint)::text::xid8, $2) \
-     ORDER BY transaction_id, position \
+     ORDER BY events.transaction_id, events.position \
      LIMIT $3";
 
 const SQLITE_READ: &str = "\

@@ -74,7 +74,8 @@ pub trait Handler: Send + Sync + 'static {
 /// How the runner paces itself.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
-    /// Most events handled in one transaction.
+    /// Most events handled in one transaction. Batches start at [`FIRST_BATCH`] events and
+    /// double while they come back full (catching up, rebuilding) up to this.
     pub batch_size: u32,
     /// How long a lease lasts without renewal: the longest a dead owner's subscription waits.
     pub lease: Duration,
@@ -87,7 +88,7 @@ pub struct RunnerOptions {
 impl Default for RunnerOptions {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 10_000,
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(30),
@@ -116,6 +117,9 @@ pub struct SubscriptionStatus {
     /// How long the oldest event not yet handled has been waiting, in milliseconds.
     pub lag_ms: i64,
 }
+
+/// The size of a subscription's first batch, and of batches while it keeps up.
+pub const FIRST_BATCH: u32 = 500;
 
 /// Lag counts stop here, so that a status read stays cheap on a long backlog.
 pub const LAG_COUNT_CAP: i64 = 100_000;
@@ -394,6 +398,14 @@ impl Store {
         macro_rules! run {
             ($pool:expr, $variant:ident) => {{
                 let mut transaction = $pool.begin().await?;
+                if matches!(self.db, Db::Postgres(_)) {
+                    // The batch and its checkpoint commit together, so if the server loses
+                    // this commit in a crash it loses both, and the batch is handled again:
+                    // no need to wait for the WAL flush.
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *transaction)
+                        .await?;
+                }
                 handler
                     .handle(&mut Tx::$variant(&mut transaction), events)
                     .await?;
@@ -573,7 +585,8 @@ impl Worker {
         let mut failures: u32 = 0;
         // Shrinks while batches fail, down to the one event at fault, so that everything
         // before it is applied and the error names it; grows back after successes.
-        let mut limit = self.options.batch_size.max(1);
+        let most = self.options.batch_size.max(1);
+        let mut limit = FIRST_BATCH.min(most);
         // Read the subscription's row again before the next batch.
         let mut recheck = false;
         let renew_every = self.options.lease / 3;
@@ -687,7 +700,12 @@ impl Worker {
             {
                 Ok(true) => {
                     failures = 0;
-                    limit = limit.saturating_mul(2).min(self.options.batch_size.max(1));
+                    let full = batch.events.len() >= limit as usize;
+                    limit = if full {
+                        limit.saturating_mul(2).min(most)
+                    } else {
+                        limit.max(FIRST_BATCH.min(most))
+                    };
                     if let Some(last) = batch.events.last() {
                         current.checkpoint = last.checkpoint();
                     }
