@@ -92,6 +92,15 @@ impl Application {
     {
         let (stop, stopped) = watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
+        {
+            let store = self.store.clone();
+            let stopping = stopped.clone();
+            workers.spawn(async move {
+                store
+                    .notify_appends(stopping, std::time::Duration::from_millis(2))
+                    .await
+            });
+        }
         if self.roles.workers {
             let store = self.store.clone();
             let listening = stopped.clone();

@@ -588,7 +588,17 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
     let mut workers = [worker(1), worker(2)];
     let pids: Vec<u32> = workers.iter().map(|w| w.id().expect("pid")).collect();
 
-    // Commands stream in from this process while the workers project them.
+    // Commands stream in from this process while the workers project them; this process
+    // announces them as an API process would.
+    let (_stop_notifier, stopped) = watch::channel(false);
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .notify_appends(stopped, Duration::from_millis(2))
+                .await
+        });
+    }
     const CONSULTATIONS: usize = 120;
     let writer = {
         let store = store.clone();
