@@ -177,6 +177,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             projection,
             storage,
         } => {
+            if consult_projections::by_name(&projection).is_none() {
+                let known: Vec<&str> = consult_projections::all()
+                    .iter()
+                    .map(|p| p.name())
+                    .collect();
+                return Err(format!(
+                    "no projection named {projection}; known: {}",
+                    known.join(", ")
+                )
+                .into());
+            }
             let url = database_url(storage.database_url, &storage.data_dir);
             let store = Store::connect(&StoreOptions::new(url)).await?;
             store.migrate().await?;
