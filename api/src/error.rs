@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use consult_domain::{ConsultationError, InvalidInput};
-use consult_store::{ExecuteError, StoreError};
+use consult_store::{error_chain, ExecuteError, StoreError};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -155,18 +155,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// The error and its sources on one line, for the log.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl From<StoreError> for ApiError {

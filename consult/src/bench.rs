@@ -529,7 +529,7 @@ async fn rebuild(url: &str, events: u64) -> Result<(), Box<dyn std::error::Error
     let consult_store::Db::Postgres(pool) = store.db() else {
         return Err("the rebuild scenario runs on PostgreSQL".into());
     };
-    let (_, before) = store.log_head().await?;
+    let before = store.event_count().await?;
     let seeding = Instant::now();
     eprintln!(
         "bench: writing {} events for the rebuild",
@@ -566,7 +566,7 @@ async fn rebuild(url: &str, events: u64) -> Result<(), Box<dyn std::error::Error
             eprintln!("bench:   {} consultations written", from);
         }
     }
-    let (_, total) = store.log_head().await?;
+    let total = store.event_count().await?;
     eprintln!(
         "bench: {} events written in {:.1}s ({} were there before)",
         total - before,

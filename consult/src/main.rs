@@ -102,14 +102,7 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = err.to_string();
-            let mut source = err.source();
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("error: {message}");
+            eprintln!("error: {}", consult_store::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -68,7 +68,7 @@ pub async fn rebuild(
         });
     };
     let previous_reset = status(store, name).await?.and_then(|s| s.reset_at_ms);
-    let (_, total) = store.log_head().await?;
+    let total = store.event_count().await?;
     let began = Instant::now();
     store.request_reset(name).await?;
 

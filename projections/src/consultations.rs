@@ -96,9 +96,11 @@ impl Handler for ConsultationsProjection {
                 row.state.evolve(folded);
                 row.position = event.position;
             }
+            // Every row here was touched by the batch; a stream always starts with Booked, so a
+            // row without a booking has nothing to show.
             let rows: Vec<(String, Pending)> = rows
                 .into_iter()
-                .filter(|(_, row)| row.state.booking.is_some() && row.position > 0)
+                .filter(|(_, row)| row.state.booking.is_some())
                 .collect();
             upsert(tx, &rows).await?;
             Ok(())

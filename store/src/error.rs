@@ -1,5 +1,17 @@
 use cqrs_es::AggregateError;
 
+/// An error and its causes on one line, for logs and status rows.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// A failure of the store itself (not of a decision).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

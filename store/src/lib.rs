@@ -34,7 +34,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
 
-pub use error::{ExecuteError, StoreError};
+pub use error::{error_chain, ExecuteError, StoreError};
 pub use execute::{Committed, Loaded};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use log::{Checkpoint, LogBatch, RecordedEvent};

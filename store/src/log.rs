@@ -111,9 +111,16 @@ impl Store {
         Ok(batch)
     }
 
-    /// The highest position written so far and how many events the log holds.
-    pub async fn log_head(&self) -> Result<(i64, i64), StoreError> {
-        const SQL: &str = "SELECT COALESCE(max(position), 0), count(*) FROM events";
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(SQL).fetch_one(pool).await?))
+    /// The highest position written so far (0 for an empty log): one index probe.
+    pub async fn head_position(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COALESCE(max(position), 0) FROM events";
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?))
+    }
+
+    /// How many events the log holds. Counts every row: for progress and benchmarks, not for
+    /// paths that run often.
+    pub async fn event_count(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT count(*) FROM events";
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?))
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::log::{Checkpoint, RecordedEvent};
-use crate::{Db, Store, StoreError};
+use crate::{error_chain, Db, Store, StoreError};
 
 /// A boxed future, so that handlers can be kept as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -157,6 +157,47 @@ struct LeaseRow {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Runs `$work` on a handler's transaction, then the checkpoint statement `$update`, and commits
+/// only when that statement moved the subscription's row (its compare-and-set held);
+/// `Ok(false)` after a rollback otherwise.
+///
+/// On PostgreSQL the commit does not wait for the WAL flush: the handler's writes and the
+/// checkpoint commit together, so a commit lost in a server crash loses both, and the events
+/// are handled again.
+macro_rules! fenced {
+    ($store:expr, $tx:ident => $work:expr, $conn:ident => $update:expr) => {{
+        macro_rules! on {
+            ($pool:expr, $variant:ident) => {{
+                let mut transaction = $pool.begin().await?;
+                if matches!($store.db, Db::Postgres(_)) {
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                {
+                    let $tx = &mut Tx::$variant(&mut transaction);
+                    $work;
+                }
+                let moved = {
+                    let $conn = &mut *transaction;
+                    $update.rows_affected()
+                };
+                if moved == 1 {
+                    transaction.commit().await?;
+                    Ok(true)
+                } else {
+                    transaction.rollback().await?;
+                    Ok(false)
+                }
+            }};
+        }
+        match &$store.db {
+            Db::Postgres(pool) => on!(pool, Postgres),
+            Db::Sqlite(pool) => on!(pool, Sqlite),
+        }
+    }};
 }
 
 impl Store {
@@ -395,45 +436,21 @@ impl Store {
             tx_in(7),
         );
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        macro_rules! run {
-            ($pool:expr, $variant:ident) => {{
-                let mut transaction = $pool.begin().await?;
-                if matches!(self.db, Db::Postgres(_)) {
-                    // The batch and its checkpoint commit together, so if the server loses
-                    // this commit in a crash it loses both, and the batch is handled again:
-                    // no need to wait for the WAL flush.
-                    sqlx::query("SET LOCAL synchronous_commit = off")
-                        .execute(&mut *transaction)
-                        .await?;
-                }
-                handler
-                    .handle(&mut Tx::$variant(&mut transaction), events)
-                    .await?;
-                let moved = sqlx::query(&sql)
-                    .bind(handler.name())
-                    .bind(last.transaction_id)
-                    .bind(last.position)
-                    .bind(count)
-                    .bind(millis(lease))
-                    .bind(owner)
-                    .bind(from.transaction_id)
-                    .bind(from.position)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected();
-                if moved == 1 {
-                    transaction.commit().await?;
-                    Ok(true)
-                } else {
-                    transaction.rollback().await?;
-                    Ok(false)
-                }
-            }};
-        }
-        match &self.db {
-            Db::Postgres(pool) => run!(pool, Postgres),
-            Db::Sqlite(pool) => run!(pool, Sqlite),
-        }
+        fenced!(
+            self,
+            tx => handler.handle(tx, events).await?,
+            conn => sqlx::query(&sql)
+                .bind(handler.name())
+                .bind(last.transaction_id)
+                .bind(last.position)
+                .bind(count)
+                .bind(millis(lease))
+                .bind(owner)
+                .bind(from.transaction_id)
+                .bind(from.position)
+                .execute(conn)
+                .await?
+        )
     }
 
     /// Empties the handler's read model and moves its checkpoint to the start, in one
@@ -447,30 +464,16 @@ impl Store {
               WHERE name = $1 AND owner = $2",
             tx_in(3),
         );
-        macro_rules! run {
-            ($pool:expr, $variant:ident) => {{
-                let mut transaction = $pool.begin().await?;
-                handler.reset(&mut Tx::$variant(&mut transaction)).await?;
-                let moved = sqlx::query(&sql)
-                    .bind(handler.name())
-                    .bind(owner)
-                    .bind(0_i64)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected();
-                if moved == 1 {
-                    transaction.commit().await?;
-                    Ok(true)
-                } else {
-                    transaction.rollback().await?;
-                    Ok(false)
-                }
-            }};
-        }
-        match &self.db {
-            Db::Postgres(pool) => run!(pool, Postgres),
-            Db::Sqlite(pool) => run!(pool, Sqlite),
-        }
+        fenced!(
+            self,
+            tx => handler.reset(tx).await?,
+            conn => sqlx::query(&sql)
+                .bind(handler.name())
+                .bind(owner)
+                .bind(0_i64)
+                .execute(conn)
+                .await?
+        )
     }
 }
 
@@ -608,10 +611,12 @@ impl Worker {
                             .apply_reset(self.handler.as_ref(), &self.owner)
                             .await
                         {
-                            Ok(_) => tracing::info!(
+                            Ok(true) => tracing::info!(
                                 subscription = self.name,
                                 "reset: replaying from the start"
                             ),
+                            // The lease moved meanwhile: the new owner resets.
+                            Ok(false) => {}
                             Err(err) => {
                                 failures += 1;
                                 self.failed(err.as_ref(), failures).await;
@@ -774,16 +779,4 @@ struct AtPosition {
     position: i64,
     #[source]
     source: HandlerError,
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

@@ -62,7 +62,7 @@ pub async fn subscriptions(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
     let statuses = state.store.subscription_statuses().await?;
-    let (head, _) = state.store.log_head().await?;
+    let head = state.store.head_position().await?;
     let now_ms = state.clock.now().timestamp_millis();
     Ok(Json(json!({
         "head_position": head,
@@ -104,7 +104,7 @@ type Family = (
 /// so any process reports every subscription. No personal data.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let statuses = state.store.subscription_statuses().await?;
-    let (head, _) = state.store.log_head().await?;
+    let head = state.store.head_position().await?;
     let mut text = String::new();
     let _ = writeln!(
         text,

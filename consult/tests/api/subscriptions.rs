@@ -186,7 +186,7 @@ where
 }
 
 async fn event_count(store: &Store) -> i64 {
-    store.log_head().await.expect("head").1
+    store.event_count().await.expect("count")
 }
 
 /// Appends a bare event of a test stream with one autocommit statement; returns its position.
@@ -305,6 +305,20 @@ async fn command(store: &Store, id: &str, command: ConsultationCommand) {
         })
         .await
         .expect("the command commits");
+}
+
+/// Asks for a rebuild of the consultations projection and waits until its owner has reset it
+/// and replayed all `total` events.
+async fn rebuild_consultations(store: &Store, total: i64) {
+    store.request_reset("consultations").await.expect("reset");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let s = status(store, "consultations").await;
+            !s.reset_pending && s.reset_at_ms.is_some() && s.applied == total
+        })
+        .await,
+        "the rebuild replays all {total} events"
+    );
 }
 
 /// The consultations read model as comparable text, row by row.
@@ -446,15 +460,7 @@ async fn many_writers_every_event_once_in_stream_order(backend: Backend) {
     assert_eq!(before.len(), CONSULTATIONS);
     assert!(before.iter().all(|row| row.4 == 5 && row.1 == "accepted"));
 
-    store.request_reset("consultations").await.expect("reset");
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            let s = status(&store, "consultations").await;
-            !s.reset_pending && s.reset_at_ms.is_some() && s.applied == total
-        })
-        .await,
-        "the rebuild replays everything"
-    );
+    rebuild_consultations(&store, total).await;
     assert_eq!(
         summaries(&store).await,
         before,
@@ -679,15 +685,7 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
     assert!(rows.iter().all(|row| row.4 == 2 && row.1 == "accepted"));
 
     // The model the two workers built equals one rebuilt from scratch by the survivor.
-    store.request_reset("consultations").await.expect("reset");
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            let s = status(&store, "consultations").await;
-            !s.reset_pending && s.reset_at_ms.is_some() && s.applied == total
-        })
-        .await,
-        "the survivor rebuilds"
-    );
+    rebuild_consultations(&store, total).await;
     assert_eq!(summaries(&store).await, rows);
     let survivor_alive = workers[survivor].try_wait().expect("status").is_none();
     assert!(survivor_alive, "the survivor is still running");
