@@ -110,7 +110,7 @@ pub async fn rebuild(
             elapsed: began.elapsed(),
             started,
         };
-        if started && current.lag_events == 0 {
+        if started && current.lag_events == 0 && !current.replaying {
             let overall = applied as f64 / began.elapsed().as_secs_f64().max(1e-9);
             break Ok(Progress {
                 rate: overall,

@@ -7,6 +7,7 @@
 
 mod consultations;
 mod queries;
+mod shadow;
 
 use std::sync::Arc;
 

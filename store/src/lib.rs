@@ -40,8 +40,8 @@ pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use log::{Checkpoint, LogBatch, RecordedEvent};
 pub use metadata::Metadata;
 pub use subscription::{
-    BoxFuture, Handler, HandlerError, Runner, RunnerOptions, SubscriptionStatus, Tx, FIRST_BATCH,
-    LAG_COUNT_CAP,
+    BoxFuture, Flush, Handler, HandlerError, Replay, Runner, RunnerOptions, SubscriptionStatus, Tx,
+    FIRST_BATCH, LAG_COUNT_CAP,
 };
 
 /// Which database holds the events. Both pools are cheap handles to shared connection pools.

@@ -69,6 +69,48 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Empties whatever the handler maintains, before a replay from the start of the log.
     fn reset<'a>(&'a self, tx: &'a mut Tx<'_>) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Called once a replay after [`Handler::reset`] has caught up with the log, in the
+    /// transaction that marks the replay done: a handler that replays somewhere reads do not
+    /// look (a table built without its secondary indexes, say) puts the result in place here.
+    /// Until it commits, reads are not told the subscription reached any position.
+    fn finish_replay<'a>(&'a self, tx: &'a mut Tx<'_>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let _ = tx;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A fast path for replays: state folded in memory over many batches and written in a few
+    /// large flushes, each in the transaction that moves the checkpoint. `None` (the default)
+    /// replays through [`Handler::handle`] batch by batch.
+    fn replayer(&self) -> Option<Box<dyn Replay>> {
+        None
+    }
+}
+
+/// A replay folded in memory (see [`Handler::replayer`]). Nothing it holds counts until a
+/// [`Flush`] taken from it commits with the checkpoint; after any failure the runner drops it
+/// and goes on from the last flush that committed.
+pub trait Replay: Send {
+    /// Folds a batch (in log order) into memory. `conn` is a plain connection, for reading what
+    /// earlier flushes wrote; it must not be written through.
+    fn fold<'a>(
+        &'a mut self,
+        conn: &'a mut Tx<'_>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// How many items (rows) are held: the runner flushes before this grows past its bound.
+    fn held(&self) -> usize;
+
+    /// Takes everything held, to be written while folding goes on. Until the next `take`, what
+    /// was taken must stay visible to [`Replay::fold`] (the write may not have committed yet);
+    /// the runner waits for one flush to commit before it takes the next.
+    fn take(&mut self) -> Box<dyn Flush>;
+}
+
+/// What a [`Replay`] held, written inside the transaction that moves the checkpoint.
+pub trait Flush: Send + Sync + 'static {
+    fn write<'a>(&'a self, tx: &'a mut Tx<'_>) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// How the runner paces itself.
@@ -83,6 +125,10 @@ pub struct RunnerOptions {
     pub poll_interval: Duration,
     /// Longest wait between two attempts of a failing batch.
     pub max_retry_delay: Duration,
+    /// A replay held in memory ([`Replay`]) is flushed once it holds this many items...
+    pub replay_flush_items: usize,
+    /// ...or has folded this many events since its last flush.
+    pub replay_flush_events: u64,
 }
 
 impl Default for RunnerOptions {
@@ -92,6 +138,8 @@ impl Default for RunnerOptions {
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(30),
+            replay_flush_items: 50_000,
+            replay_flush_events: 500_000,
         }
     }
 }
@@ -108,6 +156,8 @@ pub struct SubscriptionStatus {
     pub lease_until_ms: i64,
     pub reset_pending: bool,
     pub reset_at_ms: Option<i64>,
+    /// Replaying the log after a reset, not caught up yet.
+    pub replaying: bool,
     pub updated_at_ms: i64,
     pub failing_since_ms: Option<i64>,
     pub failures: i32,
@@ -153,6 +203,7 @@ struct LeaseRow {
     transaction_id: i64,
     position: i64,
     reset_pending: bool,
+    replaying: bool,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -220,7 +271,7 @@ impl Store {
         let sql = format!(
             "UPDATE subscriptions SET owner = $2, lease_until_ms = {now} + $3 \
               WHERE name = $1 AND (owner = $2 OR owner IS NULL OR lease_until_ms < {now}) \
-             RETURNING {tx_out} AS transaction_id, position, reset_pending"
+             RETURNING {tx_out} AS transaction_id, position, reset_pending, replaying"
         );
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_as(&sql)
@@ -273,7 +324,8 @@ impl Store {
         let Sql { tx_out, .. } = Sql::of(&self.db);
         let sql = format!(
             "SELECT name, {tx_out} AS transaction_id, position, applied, owner, lease_until_ms, \
-                    reset_pending, reset_at_ms, updated_at_ms, failing_since_ms, failures, last_error \
+                    reset_pending, reset_at_ms, replaying, updated_at_ms, failing_since_ms, \
+                    failures, last_error \
                FROM subscriptions ORDER BY name"
         );
         type Row = (
@@ -285,6 +337,7 @@ impl Store {
             i64,
             bool,
             Option<i64>,
+            bool,
             i64,
             Option<i64>,
             i32,
@@ -308,10 +361,11 @@ impl Store {
                 lease_until_ms: row.5,
                 reset_pending: row.6,
                 reset_at_ms: row.7,
-                updated_at_ms: row.8,
-                failing_since_ms: row.9,
-                failures: row.10,
-                last_error: row.11,
+                replaying: row.8,
+                updated_at_ms: row.9,
+                failing_since_ms: row.10,
+                failures: row.11,
+                last_error: row.12,
                 lag_events,
                 lag_ms,
             });
@@ -364,7 +418,7 @@ impl Store {
             Db::Postgres(pool) => {
                 sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM subscriptions s JOIN events e ON e.position = $2 \
-                                     WHERE s.name = $1 AND NOT s.reset_pending \
+                                     WHERE s.name = $1 AND NOT s.reset_pending AND NOT s.replaying \
                                        AND (s.transaction_id, s.position) >= (e.transaction_id, e.position))",
                 )
                 .bind(name)
@@ -375,7 +429,8 @@ impl Store {
             Db::Sqlite(pool) => {
                 sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM subscriptions \
-                                     WHERE name = $1 AND NOT reset_pending AND position >= $2)",
+                                     WHERE name = $1 AND NOT reset_pending AND NOT replaying \
+                                       AND position >= $2)",
                 )
                 .bind(name)
                 .bind(position)
@@ -422,9 +477,31 @@ impl Store {
         from: Checkpoint,
         events: &[RecordedEvent],
     ) -> Result<bool, HandlerError> {
-        let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
+        let Some(to) = events.last().map(RecordedEvent::checkpoint) else {
             return Ok(true);
         };
+        let count = events.len() as u64;
+        let step = Step { from, to, count };
+        self.advance(
+            handler.name(),
+            Work::Batch(handler, events),
+            owner,
+            lease,
+            step,
+        )
+        .await
+    }
+
+    /// Does `work` and moves the checkpoint `from` → `to` (`count` events) in one transaction,
+    /// if this process still owns the subscription at `from` and no reset was asked for.
+    async fn advance(
+        &self,
+        name: &str,
+        work: Work<'_>,
+        owner: &str,
+        lease: Duration,
+        Step { from, to, count }: Step,
+    ) -> Result<bool, HandlerError> {
         let Sql { now, tx_in, .. } = Sql::of(&self.db);
         let sql = format!(
             "UPDATE subscriptions SET transaction_id = {}, position = $3, applied = applied + $4, \
@@ -435,14 +512,17 @@ impl Store {
             tx_in(2),
             tx_in(7),
         );
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
         fenced!(
             self,
-            tx => handler.handle(tx, events).await?,
+            tx => match work {
+                Work::Batch(handler, events) => handler.handle(tx, events).await?,
+                Work::Flush(flush) => flush.write(tx).await?,
+            },
             conn => sqlx::query(&sql)
-                .bind(handler.name())
-                .bind(last.transaction_id)
-                .bind(last.position)
+                .bind(name)
+                .bind(to.transaction_id)
+                .bind(to.position)
                 .bind(count)
                 .bind(millis(lease))
                 .bind(owner)
@@ -459,7 +539,8 @@ impl Store {
         let Sql { now, tx_in, .. } = Sql::of(&self.db);
         let sql = format!(
             "UPDATE subscriptions SET transaction_id = {}, position = 0, applied = 0, \
-                    reset_pending = false, reset_at_ms = {now}, updated_at_ms = {now}, \
+                    reset_pending = false, replaying = true, reset_at_ms = {now}, \
+                    updated_at_ms = {now}, \
                     failures = 0, failing_since_ms = NULL, last_error = NULL \
               WHERE name = $1 AND owner = $2",
             tx_in(3),
@@ -475,6 +556,115 @@ impl Store {
                 .await?
         )
     }
+}
+
+impl Store {
+    /// Ends a replay that has caught up with the log: the handler puts its result in place and
+    /// the row stops saying `replaying`, in one transaction, only if this process still owns the
+    /// subscription at `at`.
+    async fn finish_replay(
+        &self,
+        handler: &dyn Handler,
+        owner: &str,
+        lease: Duration,
+        at: Checkpoint,
+    ) -> Result<bool, HandlerError> {
+        let Sql { now, tx_in, .. } = Sql::of(&self.db);
+        let sql = format!(
+            "UPDATE subscriptions SET replaying = false, updated_at_ms = {now}, \
+                    lease_until_ms = {now} + $5 \
+              WHERE name = $1 AND owner = $2 AND replaying AND NOT reset_pending \
+                AND transaction_id = {} AND position = $4",
+            tx_in(3),
+        );
+        fenced!(
+            self,
+            tx => {
+                // Putting a replay in place can outlast a lease (index builds): the row stays
+                // locked meanwhile, so no other process takes the subscription half-way.
+                if let Tx::Postgres(conn) = tx {
+                    sqlx::query("SELECT 1 FROM subscriptions WHERE name = $1 FOR UPDATE")
+                        .bind(handler.name())
+                        .execute(&mut **conn)
+                        .await?;
+                }
+                handler.finish_replay(tx).await?
+            },
+            conn => sqlx::query(&sql)
+                .bind(handler.name())
+                .bind(owner)
+                .bind(at.transaction_id)
+                .bind(at.position)
+                .bind(millis(lease))
+                .execute(conn)
+                .await?
+        )
+    }
+}
+
+/// What a move of the checkpoint commits with.
+enum Work<'a> {
+    Batch(&'a dyn Handler, &'a [RecordedEvent]),
+    Flush(&'a dyn Flush),
+}
+
+/// A move of the checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    from: Checkpoint,
+    to: Checkpoint,
+    count: u64,
+}
+
+/// A pooled connection for a [`Replay`]'s reads.
+enum Pooled {
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl Pooled {
+    async fn acquire(db: &Db) -> Result<Self, StoreError> {
+        Ok(match db {
+            Db::Postgres(pool) => Self::Postgres(pool.acquire().await?),
+            Db::Sqlite(pool) => Self::Sqlite(pool.acquire().await?),
+        })
+    }
+
+    fn tx(&mut self) -> Tx<'_> {
+        match self {
+            Self::Postgres(conn) => Tx::Postgres(conn),
+            Self::Sqlite(conn) => Tx::Sqlite(conn),
+        }
+    }
+}
+
+/// A replay's flush being written: where it moves the checkpoint, and whether it did.
+type Writing = (
+    Checkpoint,
+    tokio::task::JoinHandle<Result<bool, HandlerError>>,
+);
+
+/// Waits for a replay's flush to commit and moves the worker's checkpoint to it; `Ok(false)`
+/// when it could not move (lease lost, reset asked for).
+async fn settle(current: &mut Held, writing: Option<Writing>) -> Result<bool, HandlerError> {
+    let Some((to, write)) = writing else {
+        return Ok(true);
+    };
+    if !write.await?? {
+        return Ok(false);
+    }
+    current.checkpoint = to;
+    current.renewed = Instant::now();
+    tracing::debug!(position = to.position, "replay flushed");
+    Ok(true)
+}
+
+/// How a replay through a [`Replay`] ended.
+enum Replayed {
+    /// Caught up with the log (or stopping): the plain path takes over and finishes it.
+    CaughtUp,
+    /// The lease was lost or a reset was asked for.
+    Lost,
 }
 
 /// Runs subscriptions until told to stop.
@@ -571,6 +761,8 @@ struct Worker {
 struct Held {
     checkpoint: Checkpoint,
     renewed: Instant,
+    /// Replaying after a reset, not finished yet.
+    replaying: bool,
 }
 
 impl Worker {
@@ -593,6 +785,8 @@ impl Worker {
         // Read the subscription's row again before the next batch.
         let mut recheck = false;
         let renew_every = self.options.lease / 3;
+        // A replay whose in-memory path failed goes on through the handler, batch by batch.
+        let mut plain_replay = false;
         loop {
             if *self.stop.borrow() {
                 break;
@@ -638,6 +832,7 @@ impl Worker {
                                 position: row.position,
                             },
                             renewed: Instant::now(),
+                            replaying: row.replaying,
                         });
                     }
                     Ok(None) => {
@@ -660,6 +855,24 @@ impl Worker {
             let Some(current) = held.as_mut() else {
                 continue;
             };
+            if current.replaying && !plain_replay {
+                if let Some(replayer) = self.handler.replayer() {
+                    match self.replay(current, replayer).await {
+                        Ok(Replayed::CaughtUp) => {}
+                        Ok(Replayed::Lost) => {
+                            held = None;
+                            continue;
+                        }
+                        Err(err) => {
+                            // Go on batch by batch, which narrows a failure to its event.
+                            plain_replay = true;
+                            failures += 1;
+                            self.failed(err.as_ref(), failures).await;
+                            continue;
+                        }
+                    }
+                }
+            }
             wake.borrow_and_update();
             let batch = match self.store.read_log(current.checkpoint, limit).await {
                 Ok(batch) => batch,
@@ -669,6 +882,32 @@ impl Worker {
                     continue;
                 }
             };
+            if batch.events.is_empty() && current.replaying && !batch.held_back {
+                // Caught up after a reset: the replay is put in place before anything else.
+                let at = current.checkpoint;
+                match self
+                    .store
+                    .finish_replay(self.handler.as_ref(), &self.owner, self.options.lease, at)
+                    .await
+                {
+                    Ok(true) => {
+                        current.replaying = false;
+                        plain_replay = false;
+                        tracing::info!(
+                            subscription = self.name,
+                            position = at.position,
+                            "replay caught up with the log"
+                        );
+                    }
+                    // The lease moved or another reset was asked for: look at the row again.
+                    Ok(false) => held = None,
+                    Err(err) => {
+                        failures += 1;
+                        self.failed(err.as_ref(), failures).await;
+                    }
+                }
+                continue;
+            }
             if batch.events.is_empty() {
                 let wait = if batch.held_back {
                     Duration::from_millis(5)
@@ -739,6 +978,83 @@ impl Worker {
                 tracing::warn!(subscription = self.name, %err, "cannot release the lease");
             }
         }
+    }
+
+    /// Replays through the handler's in-memory path from the checkpoint until caught up with
+    /// the log. Three things overlap: the next batch is read while this one is folded, and what
+    /// is held is written (with the checkpoint) whenever it reaches its bounds while folding
+    /// goes on; one write is in flight at a time, so checkpoints move in order.
+    async fn replay(
+        &mut self,
+        current: &mut Held,
+        mut replayer: Box<dyn Replay>,
+    ) -> Result<Replayed, HandlerError> {
+        let limit = self.options.batch_size.max(1);
+        let renew_every = self.options.lease / 3;
+        let read = |after: Checkpoint| {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.read_log(after, limit).await })
+        };
+        let mut read_to = current.checkpoint;
+        // Where the last flush taken ends (committed or in flight).
+        let mut taken_to = current.checkpoint;
+        let mut folded: u64 = 0;
+        let mut writing: Option<Writing> = None;
+        let mut next = Some(read(read_to));
+        while let Some(reading) = next.take() {
+            let batch = reading.await??;
+            let at_head = batch.events.len() < limit as usize;
+            if let Some(last) = batch.events.last() {
+                read_to = last.checkpoint();
+            }
+            let stopping = *self.stop.borrow();
+            if !at_head && !stopping {
+                next = Some(read(read_to));
+            }
+            if !batch.events.is_empty() {
+                let mut conn = Pooled::acquire(&self.store.db).await?;
+                replayer.fold(&mut conn.tx(), &batch.events).await?;
+                folded += batch.events.len() as u64;
+            }
+            let last = at_head || stopping;
+            let bounds = replayer.held() >= self.options.replay_flush_items
+                || folded >= self.options.replay_flush_events;
+            let written = writing.as_ref().is_some_and(|(_, w)| w.is_finished());
+            if folded > 0 && (bounds || last) || written {
+                // The previous write commits first: its rows are what the next one builds on.
+                if !settle(current, writing.take()).await? {
+                    return Ok(Replayed::Lost);
+                }
+            }
+            if folded > 0 && (bounds || last) {
+                let step = Step {
+                    from: taken_to,
+                    to: read_to,
+                    count: folded,
+                };
+                let flush = replayer.take();
+                let store = self.store.clone();
+                let (name, owner, lease) = (self.name, self.owner.clone(), self.options.lease);
+                let write = tokio::spawn(async move {
+                    store
+                        .advance(name, Work::Flush(flush.as_ref()), &owner, lease, step)
+                        .await
+                });
+                writing = Some((read_to, write));
+                taken_to = read_to;
+                folded = 0;
+            } else if current.renewed.elapsed() >= renew_every {
+                // Folding between flushes can outlast a lease: keep it.
+                match self.take_lease().await? {
+                    Some(row) if !row.reset_pending => current.renewed = Instant::now(),
+                    _ => return Ok(Replayed::Lost),
+                }
+            }
+        }
+        if !settle(current, writing.take()).await? {
+            return Ok(Replayed::Lost);
+        }
+        Ok(Replayed::CaughtUp)
     }
 
     async fn take_lease(&self) -> Result<Option<LeaseRow>, StoreError> {

@@ -26,6 +26,8 @@ fn activity(status: &SubscriptionStatus, now_ms: i64) -> &'static str {
         "failing"
     } else if status.owner.is_none() || status.lease_until_ms < now_ms {
         "stopped"
+    } else if status.replaying {
+        "replaying"
     } else if status.lag_events > 0 {
         "catching_up"
     } else {
@@ -48,6 +50,7 @@ fn view(status: &SubscriptionStatus, now_ms: i64) -> Value {
         "owner": status.owner,
         "lease_expires_at": instant(status.lease_until_ms),
         "last_reset_at": status.reset_at_ms.and_then(instant),
+        "replaying": status.replaying,
         "updated_at": instant(status.updated_at_ms),
         "failures": status.failures,
         "failing_since": status.failing_since_ms.and_then(instant),

@@ -118,6 +118,9 @@ fn run(
         lease: Duration::from_secs(3),
         poll_interval: Duration::from_millis(200),
         max_retry_delay: Duration::from_millis(400),
+        // Small, so that a replay flushes many times.
+        replay_flush_items: 20,
+        replay_flush_events: 120,
     };
     let mut runner = Runner::new(store.clone(), owner, options);
     for handler in handlers {
@@ -158,6 +161,7 @@ async fn status(store: &Store, name: &str) -> SubscriptionStatus {
             lease_until_ms: 0,
             reset_pending: false,
             reset_at_ms: None,
+            replaying: false,
             updated_at_ms: 0,
             failing_since_ms: None,
             failures: 0,
