@@ -311,14 +311,14 @@ async fn command(store: &Store, id: &str, command: ConsultationCommand) {
         .expect("the command commits");
 }
 
-/// Asks for a rebuild of the consultations projection and waits until its owner has reset it
-/// and replayed all `total` events.
+/// Asks for a rebuild of the consultations projection and waits until its owner has reset it,
+/// replayed all `total` events and put the result in place.
 async fn rebuild_consultations(store: &Store, total: i64) {
     store.request_reset("consultations").await.expect("reset");
     assert!(
         eventually(Duration::from_secs(20), || async {
             let s = status(store, "consultations").await;
-            !s.reset_pending && s.reset_at_ms.is_some() && s.applied == total
+            !s.reset_pending && !s.replaying && s.reset_at_ms.is_some() && s.applied == total
         })
         .await,
         "the rebuild replays all {total} events"
@@ -693,5 +693,150 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
     assert_eq!(summaries(&store).await, rows);
     let survivor_alive = workers[survivor].try_wait().expect("status").is_none();
     assert!(survivor_alive, "the survivor is still running");
+    store.close().await;
+}
+
+/// On PostgreSQL a rebuild replays into a copy of the table while reads keep the previous,
+/// complete read model; reads are not told the projection is fresh until the copy, with every
+/// index of the live table, has taken its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_builds_a_copy_and_swaps_it_in_whole() {
+    let Some((store, _guard)) = open(Backend::Postgres).await else {
+        return;
+    };
+    let consult_store::Db::Postgres(pool) = store.db().clone() else {
+        unreachable!("a PostgreSQL store");
+    };
+    let (stop, task) = run(&store, vec![Arc::new(ConsultationsProjection)], "owner-a");
+    const CONSULTATIONS: usize = 30;
+    for n in 0..CONSULTATIONS {
+        let id = uuid::Uuid::new_v4();
+        let key = id.to_string();
+        let booking = booking(id, n);
+        command(
+            &store,
+            &key,
+            ConsultationCommand::Book {
+                booking,
+                at: Utc::now(),
+            },
+        )
+        .await;
+        if n % 3 != 0 {
+            command(&store, &key, ConsultationCommand::Accept { at: Utc::now() }).await;
+        }
+    }
+    let total = event_count(&store).await;
+    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("head");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            status(&store, "consultations").await.applied == total
+        })
+        .await,
+        "the projection catches up"
+    );
+    let before = summaries(&store).await;
+    assert_eq!(before.len(), CONSULTATIONS);
+    let indexes = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'consultation_summaries' \
+              ORDER BY indexname",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("indexes")
+    };
+    let indexes_before = indexes().await;
+    assert_eq!(indexes_before.len(), 4, "{indexes_before:?}");
+
+    // A reader inside a transaction holds the live table: the replay can run to its end but
+    // cannot take the table's place until the reader is done.
+    let mut reader = pool.begin().await.expect("reader");
+    let rows_seen: i64 = sqlx::query_scalar("SELECT count(*) FROM consultation_summaries")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("read");
+    assert_eq!(rows_seen, CONSULTATIONS as i64);
+    store.request_reset("consultations").await.expect("reset");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let s = status(&store, "consultations").await;
+            !s.reset_pending && s.replaying && s.applied == total
+        })
+        .await,
+        "the replay applies every event to the copy"
+    );
+    let copied: i64 = sqlx::query_scalar("SELECT count(*) FROM consultation_summaries_replay")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("the copy exists");
+    assert_eq!(copied, CONSULTATIONS as i64);
+    let served: i64 = sqlx::query_scalar("SELECT count(*) FROM consultation_summaries")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("read");
+    assert_eq!(served, CONSULTATIONS as i64, "the live table stays whole");
+    assert!(
+        !store
+            .subscription_reached("consultations", head)
+            .await
+            .expect("reached"),
+        "reads are not told the projection is fresh while the copy is not in place"
+    );
+    reader.rollback().await.expect("release");
+
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !status(&store, "consultations").await.replaying
+        })
+        .await,
+        "the copy takes the table's place"
+    );
+    assert!(store
+        .subscription_reached("consultations", head)
+        .await
+        .expect("reached"));
+    assert_eq!(
+        summaries(&store).await,
+        before,
+        "the rebuilt model is the same"
+    );
+    assert_eq!(
+        indexes().await,
+        indexes_before,
+        "every index is back under its name"
+    );
+    let copy: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('consultation_summaries_replay')::text")
+            .fetch_one(&pool)
+            .await
+            .expect("regclass");
+    assert_eq!(copy, None, "the copy is gone");
+
+    // The swapped-in table goes on taking new events.
+    let id = uuid::Uuid::new_v4();
+    let key = id.to_string();
+    let booking = booking(id, CONSULTATIONS);
+    command(
+        &store,
+        &key,
+        ConsultationCommand::Book {
+            booking,
+            at: Utc::now(),
+        },
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            summaries(&store).await.len() == CONSULTATIONS + 1
+        })
+        .await,
+        "a new booking reaches the rebuilt table"
+    );
+    let _ = stop.send(true);
+    task.await.expect("runner stops");
     store.close().await;
 }
