@@ -51,6 +51,24 @@ pub struct AppState {
     /// Verifies bearer tokens.
     pub token_key: TokenKey,
     pub clock: Arc<dyn Clock>,
+    /// Verifies Twilio's callbacks; `None` when Twilio is not configured (they are refused).
+    pub twilio: Option<TwilioWebhook>,
+}
+
+/// What checking an `X-Twilio-Signature` takes.
+#[derive(Clone)]
+pub struct TwilioWebhook {
+    pub auth_token: secrecy::SecretString,
+    /// The public base URL Twilio calls (`PUBLIC_BASE_URL`): the signature covers it.
+    pub public_base_url: String,
+}
+
+impl std::fmt::Debug for TwilioWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioWebhook")
+            .field("public_base_url", &self.public_base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The request id of the current request, from `X-Request-Id` or made up.
@@ -59,13 +77,17 @@ pub struct RequestId(pub String);
 
 /// All routes, with the body limit, request ids and request logging.
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, consultations as c, health, providers as p, reads};
+    use routes::{admin, consultations as c, health, notifications as n, providers as p, reads};
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/providers", post(p::register))
         .route("/metrics", get(admin::metrics))
         .route("/v1/admin/subscriptions", get(admin::subscriptions))
+        .route("/v1/admin/dead-letters", get(n::dead_letters))
+        .route("/v1/admin/dead-letters/{id}/retry", post(n::retry))
+        .route("/v1/webhooks/twilio/messages", post(n::twilio_status))
+        .route("/v1/consultations/{id}/notifications", get(n::list))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
         .route("/v1/providers/{id}", get(p::get))
         .route("/v1/providers/{id}/schedule", get(reads::schedule))

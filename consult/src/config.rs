@@ -41,6 +41,8 @@ pub enum ConfigError {
     Duration { name: &'static str },
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
 }
 
 /// Everything `serve` needs.
@@ -56,6 +58,51 @@ pub struct Config {
     /// How long a worker's hold on a subscription lasts unrenewed: how soon another worker
     /// takes over from one that died.
     pub subscription_lease: Duration,
+    pub notifications: Notifications,
+}
+
+/// Notifications, reminders and deadlines.
+#[derive(Debug, Clone)]
+pub struct Notifications {
+    /// `REMINDERS`, e.g. `24h:email,1h:sms,15m:sms+email`.
+    pub reminders: Vec<consult_reactors::ReminderSpec>,
+    /// `ACCEPT_DEADLINE`: a request not accepted this long after booking (or by its start)
+    /// expires.
+    pub accept_deadline: Duration,
+    /// `NOTIFY_MAX_ATTEMPTS`: attempts of a job before it is dead-lettered.
+    pub max_attempts: i32,
+    /// `NOTIFY_RETRY_BASE`: the first retry delay (doubling, with jitter, up to an hour).
+    pub retry_base: Duration,
+    /// `NOTIFY_FLOOD_LIMIT`, e.g. `20/1h`: at most that many messages to one recipient.
+    pub flood: consult_reactors::FloodGuard,
+    /// `JOB_LEASE`: how long a claimed job stays locked to its worker; a worker that dies
+    /// mid-send leaves the job to others after this (the at-least-once window).
+    pub job_lease: Duration,
+    /// SMS and WhatsApp; `None` sends them to the outbox file.
+    pub twilio: Option<consult_reactors::channels::twilio::TwilioConfig>,
+    /// Email; `None` sends it to the outbox file.
+    pub smtp: Option<consult_reactors::channels::smtp::SmtpConfig>,
+    /// Where messages go when their channel has no credentials (one JSON line each).
+    pub outbox: PathBuf,
+}
+
+impl Notifications {
+    /// The defaults: reminders 24 h email, 1 h SMS, 15 min SMS and email; requests expire after
+    /// 24 h; every channel to `outbox.jsonl` in the data directory.
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        let defaults = consult_reactors::ReactorConfig::default();
+        Self {
+            reminders: defaults.reminders,
+            accept_deadline: defaults.accept_deadline,
+            max_attempts: defaults.max_attempts,
+            retry_base: Duration::from_secs(2),
+            flood: consult_reactors::DispatcherOptions::default().flood,
+            job_lease: Duration::from_secs(60),
+            twilio: None,
+            smtp: None,
+            outbox: data_dir.join("outbox.jsonl"),
+        }
+    }
 }
 
 /// The default of `SUBSCRIPTION_LEASE`.

@@ -8,7 +8,14 @@ pub mod secret;
 use std::future::Future;
 use std::sync::Arc;
 
-use consult_api::{AppState, SystemClock, TokenKey};
+use consult_api::{AppState, SystemClock, TokenKey, TwilioWebhook};
+use consult_reactors::channels::console::ConsoleSink;
+use consult_reactors::channels::smtp::SmtpEmail;
+use consult_reactors::channels::twilio::TwilioMessages;
+use consult_reactors::channels::Channel;
+use consult_reactors::{
+    Channels, Dispatcher, DispatcherOptions, NotificationsReactor, ReactorConfig,
+};
 use consult_store::{Runner, RunnerOptions, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +26,8 @@ pub use config::{Config, ConfigError, Roles};
 pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("notification channels: {0}")]
+    Channels(String),
     #[error("cannot listen on {bind}")]
     Bind {
         bind: String,
@@ -37,6 +46,8 @@ pub struct Application {
     state: AppState,
     roles: Roles,
     runner: RunnerOptions,
+    reactor: ReactorConfig,
+    dispatcher: Dispatcher,
 }
 
 impl Application {
@@ -59,7 +70,30 @@ impl Application {
             store: store.clone(),
             token_key: TokenKey::new(config.jwt_secret.clone()),
             clock: Arc::new(SystemClock),
+            twilio: config.notifications.twilio.as_ref().map(|t| TwilioWebhook {
+                auth_token: t.auth_token.clone(),
+                public_base_url: config.public_base_url.clone(),
+            }),
         };
+        let n = &config.notifications;
+        let reactor = ReactorConfig {
+            reminders: n.reminders.clone(),
+            accept_deadline: n.accept_deadline,
+            max_attempts: n.max_attempts,
+        };
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            owner_id(),
+            channels(config)?,
+            reactor.clone(),
+            DispatcherOptions {
+                lease: n.job_lease,
+                base_backoff: n.retry_base,
+                flood: n.flood,
+                app_url: config.app_url.clone(),
+                ..DispatcherOptions::default()
+            },
+        );
         Ok(Self {
             store,
             listener,
@@ -69,6 +103,8 @@ impl Application {
                 lease: config.subscription_lease,
                 ..RunnerOptions::default()
             },
+            reactor,
+            dispatcher,
         })
     }
 
@@ -109,6 +145,9 @@ impl Application {
             for projection in consult_projections::all() {
                 runner = runner.with(projection);
             }
+            let (wake, woken) = watch::channel(0_u64);
+            runner = runner.with(Arc::new(NotificationsReactor::new(self.reactor, wake)));
+            workers.spawn(self.dispatcher.run(woken, stopped.clone()));
             workers.spawn(runner.run(stopped));
         }
         match self.listener {
@@ -131,6 +170,56 @@ impl Application {
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The channel of each kind: the configured provider, or the outbox file when a channel has no
+/// credentials (said once at start-up).
+fn channels(config: &Config) -> Result<Channels, StartupError> {
+    let n = &config.notifications;
+    let outbox: Arc<dyn Channel> = Arc::new(
+        ConsoleSink::new(&n.outbox)
+            .map_err(|e| StartupError::Channels(format!("outbox file: {e}")))?,
+    );
+    let twilio: Option<Arc<TwilioMessages>> = match &n.twilio {
+        Some(twilio) => {
+            let mut twilio = twilio.clone();
+            if twilio.status_callback.is_none() {
+                twilio.status_callback = Some(format!(
+                    "{}/v1/webhooks/twilio/messages",
+                    config.public_base_url.trim_end_matches('/')
+                ));
+            }
+            Some(Arc::new(
+                TwilioMessages::new(twilio, consult_reactors::channels::twilio::DEFAULT_TIMEOUT)
+                    .map_err(|e| StartupError::Channels(format!("Twilio client: {e}")))?,
+            ))
+        }
+        None => None,
+    };
+    let text = |kind: consult_reactors::channels::ChannelKind| -> Arc<dyn Channel> {
+        match &twilio {
+            Some(t) if t.supports(kind) => t.clone(),
+            _ => {
+                tracing::warn!(channel = %kind, outbox = %n.outbox.display(), "no Twilio sender for this channel: its messages go to the outbox file");
+                outbox.clone()
+            }
+        }
+    };
+    let email: Arc<dyn Channel> = match &n.smtp {
+        Some(smtp) => Arc::new(
+            SmtpEmail::new(smtp.clone())
+                .map_err(|e| StartupError::Channels(format!("SMTP: {e}")))?,
+        ),
+        None => {
+            tracing::warn!(outbox = %n.outbox.display(), "no SMTP server configured: email goes to the outbox file");
+            outbox.clone()
+        }
+    };
+    Ok(Channels {
+        sms: text(consult_reactors::channels::ChannelKind::Sms),
+        whatsapp: text(consult_reactors::channels::ChannelKind::Whatsapp),
+        email,
+    })
 }
 
 /// Names this process in subscription leases: unique among live processes, no personal data.

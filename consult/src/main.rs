@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use consult::config::{database_url, parse_duration};
+use consult::config::{database_url, parse_duration, ConfigError, Notifications};
 use consult::{secret, Application, Config, Roles};
 use consult_api::{Claims, Role, TokenKey};
 use consult_store::{Store, StoreOptions};
@@ -34,6 +34,151 @@ struct Storage {
     database_url: Option<String>,
 }
 
+/// Notifications, reminders, deadlines and the channels' credentials. A channel without
+/// credentials writes to the outbox file.
+#[derive(Debug, Args)]
+struct NotificationArgs {
+    /// Reminders before the start: <offset>:<channels>, comma-separated.
+    #[arg(
+        long,
+        env = "REMINDERS",
+        default_value = "24h:email,1h:sms,15m:sms+email"
+    )]
+    reminders: String,
+    /// A request not accepted this long after booking (or by its start) expires.
+    #[arg(long, env = "ACCEPT_DEADLINE", default_value = "24h")]
+    accept_deadline: String,
+    /// Attempts of a notification before it is dead-lettered.
+    #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
+    notify_max_attempts: i32,
+    /// First retry delay of a failed job (doubling with jitter, up to an hour).
+    #[arg(long, env = "NOTIFY_RETRY_BASE", default_value = "2s")]
+    notify_retry_base: String,
+    /// At most this many messages to one recipient within the window, e.g. 20/1h.
+    #[arg(long, env = "NOTIFY_FLOOD_LIMIT", default_value = "20/1h")]
+    notify_flood_limit: String,
+    /// How long a claimed job stays locked to its worker (the at-least-once window after a crash).
+    #[arg(long, env = "JOB_LEASE", default_value = "60s")]
+    job_lease: String,
+    /// Messages of channels without credentials go here; default $DATA_DIR/outbox.jsonl.
+    #[arg(long, env = "OUTBOX_FILE")]
+    outbox_file: Option<PathBuf>,
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    twilio_account_sid: Option<String>,
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    twilio_auth_token: Option<String>,
+    /// Sender number for SMS (E.164).
+    #[arg(long, env = "TWILIO_FROM_SMS")]
+    twilio_from_sms: Option<String>,
+    /// Sender number for WhatsApp (E.164, without the whatsapp: prefix).
+    #[arg(long, env = "TWILIO_FROM_WHATSAPP")]
+    twilio_from_whatsapp: Option<String>,
+    #[arg(
+        long,
+        env = "TWILIO_API_BASE",
+        default_value = "https://api.twilio.com"
+    )]
+    twilio_api_base: String,
+    #[arg(long, env = "SMTP_HOST")]
+    smtp_host: Option<String>,
+    /// Default: 587 with starttls, 465 with tls, 25 with none.
+    #[arg(long, env = "SMTP_PORT")]
+    smtp_port: Option<u16>,
+    #[arg(long, env = "SMTP_USERNAME")]
+    smtp_username: Option<String>,
+    #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
+    smtp_password: Option<String>,
+    /// starttls, tls or none.
+    #[arg(long, env = "SMTP_TLS", default_value = "starttls")]
+    smtp_tls: String,
+    /// The From mailbox, e.g. "Clinic <no-reply@clinic.example>".
+    #[arg(
+        long,
+        env = "SMTP_FROM",
+        default_value = "Consultations <no-reply@localhost>"
+    )]
+    smtp_from: String,
+}
+
+impl NotificationArgs {
+    fn into_config(
+        self,
+        data_dir: &std::path::Path,
+    ) -> Result<Notifications, Box<dyn std::error::Error>> {
+        use consult_reactors::channels::smtp::{SmtpConfig, SmtpTls};
+        use consult_reactors::channels::twilio::TwilioConfig;
+        let mut n = Notifications::new(data_dir);
+        n.reminders = consult_reactors::parse_reminders(&self.reminders).map_err(|message| {
+            ConfigError::Invalid {
+                name: "REMINDERS",
+                message,
+            }
+        })?;
+        n.accept_deadline = parse_duration("ACCEPT_DEADLINE", &self.accept_deadline)?;
+        if self.notify_max_attempts < 1 {
+            return Err(ConfigError::Invalid {
+                name: "NOTIFY_MAX_ATTEMPTS",
+                message: "must be at least 1".into(),
+            }
+            .into());
+        }
+        n.max_attempts = self.notify_max_attempts;
+        n.retry_base = parse_duration("NOTIFY_RETRY_BASE", &self.notify_retry_base)?;
+        n.flood =
+            consult_reactors::FloodGuard::parse(&self.notify_flood_limit).map_err(|message| {
+                ConfigError::Invalid {
+                    name: "NOTIFY_FLOOD_LIMIT",
+                    message,
+                }
+            })?;
+        n.job_lease = parse_duration("JOB_LEASE", &self.job_lease)?;
+        if let Some(outbox) = self.outbox_file {
+            n.outbox = outbox;
+        }
+        n.twilio = match (self.twilio_account_sid, self.twilio_auth_token) {
+            (Some(sid), Some(token)) if !sid.is_empty() && !token.is_empty() => {
+                let mut twilio = TwilioConfig::new(sid, secrecy::SecretString::from(token));
+                twilio.api_base = self.twilio_api_base.trim_end_matches('/').to_owned();
+                twilio.from_sms = self.twilio_from_sms.filter(|s| !s.is_empty());
+                twilio.from_whatsapp = self.twilio_from_whatsapp.filter(|s| !s.is_empty());
+                Some(twilio)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "TWILIO_ACCOUNT_SID",
+                    message: "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN go together".into(),
+                }
+                .into())
+            }
+        };
+        n.smtp = match self.smtp_host.filter(|h| !h.is_empty()) {
+            Some(host) => {
+                let tls = match self.smtp_tls.as_str() {
+                    "starttls" => SmtpTls::StartTls,
+                    "tls" => SmtpTls::Tls,
+                    "none" => SmtpTls::None,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "SMTP_TLS",
+                            message: "must be starttls, tls or none".into(),
+                        }
+                        .into())
+                    }
+                };
+                let mut smtp = SmtpConfig::new(host, self.smtp_from);
+                smtp.tls = tls;
+                smtp.port = self.smtp_port.unwrap_or(tls.default_port());
+                smtp.username = self.smtp_username.filter(|u| !u.is_empty());
+                smtp.password = self.smtp_password.map(secrecy::SecretString::from);
+                Some(smtp)
+            }
+            None => None,
+        };
+        Ok(n)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the engine (API and workers by default).
@@ -55,6 +200,8 @@ enum Command {
         /// How soon a worker takes a subscription over from one that died.
         #[arg(long, env = "SUBSCRIPTION_LEASE", default_value = "10s")]
         subscription_lease: String,
+        #[command(flatten)]
+        notifications: Box<NotificationArgs>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -117,7 +264,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             app_url,
             roles,
             subscription_lease,
+            notifications,
         } => {
+            let notifications = notifications.into_config(&storage.data_dir)?;
             let public_base_url = public_base_url.unwrap_or_else(|| format!("http://{bind}"));
             let config = Config {
                 database_url: database_url(storage.database_url, &storage.data_dir),
@@ -128,6 +277,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 bind,
                 roles: Roles::parse(&roles)?,
                 subscription_lease: parse_duration("SUBSCRIPTION_LEASE", &subscription_lease)?,
+                notifications,
             };
             let app = Application::build(&config).await?;
             tracing::info!(

@@ -1,1 +1,13 @@
+//! Side effects of consultation events, durable and visible: a reactor subscription turns events
+//! into jobs (notifications, reminder and deadline timers) in the transaction that moves its
+//! checkpoint, and a dispatcher runs due jobs with retries, backoff and a dead-letter state.
 
+pub mod channels;
+pub mod dispatch;
+pub mod jobs;
+pub mod messages;
+pub mod reactor;
+pub mod twilio_signature;
+
+pub use dispatch::{Channels, Dispatcher, DispatcherOptions, FloodGuard};
+pub use reactor::{parse_reminders, NotificationsReactor, ReactorConfig, ReminderSpec};

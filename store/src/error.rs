@@ -105,9 +105,21 @@ pub(crate) fn classify<E: std::error::Error, D: std::error::Error>(
         AggregateError::DeserializationError(e) => ExecuteError::Store(StoreError::Unexpected(e)),
         AggregateError::UnexpectedError(e) => match e.downcast::<sqlx::Error>() {
             Ok(sql) if is_slot_conflict(&sql) => ExecuteError::SlotConflict,
+            // Two overlapping accepts can deadlock inside the exclusion constraint's check
+            // (each waits for the other's index entry); PostgreSQL aborts one. Running it again
+            // on the fresh state gives the right answer (usually a slot conflict).
+            Ok(sql) if is_transient(&sql) => ExecuteError::Conflict,
             Ok(sql) => ExecuteError::Store(StoreError::from(*sql)),
             Err(other) => ExecuteError::Store(StoreError::Unexpected(other)),
         },
+    }
+}
+
+/// Deadlock detected, serialization failure: the transaction may simply be run again.
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
     }
 }
 

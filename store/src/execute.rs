@@ -168,11 +168,19 @@ impl Store {
                         written,
                     });
                 }
-                Err(ExecuteError::Conflict) if expected_version.is_some() => {
-                    let current = self.load::<A>(id).await?.map_or(0, |loaded| loaded.version);
-                    return Err(ExecuteError::VersionMismatch { current });
-                }
-                Err(ExecuteError::Conflict) if attempt < ATTEMPTS => {
+                Err(ExecuteError::Conflict) => {
+                    // Another writer moved the stream (or the database aborted us to break a
+                    // deadlock, which moved nothing): with If-Match only the former is an
+                    // answer; otherwise decide again on the fresh state.
+                    if let Some(expected) = expected_version {
+                        let current = self.load::<A>(id).await?.map_or(0, |loaded| loaded.version);
+                        if current != expected {
+                            return Err(ExecuteError::VersionMismatch { current });
+                        }
+                    }
+                    if attempt >= ATTEMPTS {
+                        return Err(ExecuteError::Conflict);
+                    }
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(err) => return Err(err),

@@ -185,9 +185,21 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     Some(start(db).await)
 }
 
+/// An app whose configuration `adjust` changes first (notification channels, reminders, …).
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let db = TestDb::fresh(backend).await?;
+    let mut config = config(&db);
+    adjust(&mut config);
+    Some(start_with(db, config).await)
+}
+
 async fn start(db: TestDb) -> TestApp {
-    capture_logs();
-    let config = Config {
+    let config = config(&db);
+    start_with(db, config).await
+}
+
+fn config(db: &TestDb) -> Config {
+    Config {
         database_url: db.url.clone(),
         data_dir: db.data_dir.clone(),
         bind: "127.0.0.1:0".into(),
@@ -199,7 +211,12 @@ async fn start(db: TestDb) -> TestApp {
         },
         jwt_secret: SecretString::from(SECRET),
         subscription_lease: std::time::Duration::from_secs(10),
-    };
+        notifications: consult::config::Notifications::new(&db.data_dir),
+    }
+}
+
+async fn start_with(db: TestDb, config: Config) -> TestApp {
+    capture_logs();
     let app = Application::build(&config).await.expect("build the app");
     let port = app.port().expect("the api role listens");
     let (tx, rx) = oneshot::channel();

@@ -5,6 +5,7 @@ mod helpers;
 mod bad_input;
 mod concurrency;
 mod lifecycle;
+mod notifications;
 mod privacy;
 mod reads;
 mod subscriptions;

@@ -1,0 +1,234 @@
+//! Notifications: a consultation's notification log, the dead letters and their retry, and
+//! Twilio's message status callbacks.
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{TimeZone as _, Utc};
+use consult_domain::Consultation;
+use consult_reactors::jobs;
+use consult_store::{with_pool, StoreError};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::AppState;
+
+fn instant(ms: Option<i64>) -> Value {
+    ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .map_or(Value::Null, |t| json!(t))
+}
+
+type LogRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i32,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
+
+/// `GET /v1/consultations/{id}/notifications` (its participants, admin, auditor): every
+/// notification of the consultation with its outcome. Recipients are masked.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no such consultation"))?;
+    let id = id.to_string();
+    // Authorized on the consultation's own stream, so a notification log is never refused
+    // because the read model has not caught up yet.
+    let Some(loaded) = state.store.load::<Consultation>(&id).await? else {
+        return Err(ApiError::NotFound("no such consultation"));
+    };
+    let Some(booking) = loaded.aggregate.booking.as_ref() else {
+        return Err(ApiError::NotFound("no such consultation"));
+    };
+    let allowed = match caller.role {
+        Role::Patient => booking.patient_id.as_str() == caller.id,
+        Role::Provider => booking.provider_id.as_str() == caller.id,
+        Role::Admin | Role::Auditor => true,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden("this consultation is not yours"));
+    }
+    const SQL: &str = "SELECT id, recipient_role, channel, kind, recipient_masked, status, \
+                              attempts, provider_message_id, scheduled_for_ms, sent_at_ms, \
+                              last_error, updated_at_ms \
+                         FROM notification_log WHERE consultation_id = $1 \
+                        ORDER BY scheduled_for_ms, kind, recipient_role, channel, id";
+    let rows: Vec<LogRow> = with_pool!(state.store.db(), pool => {
+        sqlx::query_as(SQL).bind(&id).fetch_all(pool).await.map_err(StoreError::from)?
+    });
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.0,
+                "recipient_role": r.1,
+                "channel": r.2,
+                "kind": r.3,
+                "recipient": r.4,
+                "status": r.5,
+                "attempts": r.6,
+                "provider_message_id": r.7,
+                "scheduled_for": instant(Some(r.8)),
+                "sent_at": instant(r.9),
+                "last_error": r.10,
+                "updated_at": instant(Some(r.11)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "consultation_id": id, "items": items })))
+}
+
+fn dead_letter(job: &jobs::Job) -> Value {
+    json!({
+        "id": job.id,
+        "kind": job.kind,
+        "consultation_id": job.consultation_id,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "last_error": job.last_error,
+        "created_at": instant(Some(job.created_at_ms)),
+        "failed_at": instant(Some(job.updated_at_ms)),
+    })
+}
+
+/// `GET /v1/admin/dead-letters` (admin): jobs that ran out of attempts, newest first, with the
+/// last error. Job payloads (which hold contact details) are not shown.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let dead = jobs::dead_letters(&state.store, 500).await?;
+    Ok(Json(json!({
+        "items": dead.iter().map(dead_letter).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /v1/admin/dead-letters/{id}/retry` (admin): queues a dead job again, due now, with a
+/// fresh set of attempts.
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let now = state.clock.now().timestamp_millis();
+    let Some(job) = jobs::retry_dead(&state.store, &id, now).await? else {
+        return Err(ApiError::NotFound("no dead letter with this id"));
+    };
+    const SQL: &str = "UPDATE notification_log SET status = 'pending', last_error = NULL, \
+                       updated_at_ms = $2 WHERE id = $1";
+    with_pool!(state.store.db(), pool => {
+        sqlx::query(SQL).bind(&job.id).bind(now).execute(pool).await.map(|_| ()).map_err(StoreError::from)?
+    });
+    tracing::info!(job = %job.id, kind = %job.kind, "dead letter re-queued");
+    let mut body = dead_letter(&job);
+    body["state"] = json!("pending");
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Twilio's message statuses as the notification log names them; `None` for intermediate
+/// ones that change nothing here.
+fn log_status(twilio: &str) -> Option<&'static str> {
+    match twilio {
+        "sent" => Some("sent"),
+        "delivered" | "read" => Some("delivered"),
+        "undelivered" | "failed" | "canceled" => Some("failed"),
+        _ => None,
+    }
+}
+
+/// `POST /v1/webhooks/twilio/messages`: Twilio's status callback for a message we sent. The
+/// `X-Twilio-Signature` must match `PUBLIC_BASE_URL` + the path and the form parameters;
+/// otherwise 403 and nothing changes. A final status (delivered, failed) is never replaced by
+/// a later, out-of-order intermediate one.
+pub async fn twilio_status(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(twilio) = state.twilio.as_ref() else {
+        return Err(ApiError::Forbidden("Twilio is not configured"));
+    };
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let url = format!(
+        "{}{}",
+        twilio.public_base_url.trim_end_matches('/'),
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    use secrecy::ExposeSecret as _;
+    if !consult_reactors::twilio_signature::verify(
+        twilio.auth_token.expose_secret(),
+        &url,
+        &params,
+        signature,
+    ) {
+        tracing::warn!("Twilio message callback with a bad or missing signature refused");
+        return Err(ApiError::Forbidden("bad or missing X-Twilio-Signature"));
+    }
+    let field = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(sid), Some(status)) = (
+        field("MessageSid").or(field("SmsSid")),
+        field("MessageStatus").or(field("SmsStatus")),
+    ) else {
+        return Err(ApiError::Validation {
+            field: "MessageSid".into(),
+            message: "MessageSid and MessageStatus are required".into(),
+        });
+    };
+    let Some(new_status) = log_status(status) else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let error = field("ErrorCode").map(|code| format!("Twilio error {code} ({status})"));
+    let now = state.clock.now().timestamp_millis();
+    // Final states stay final; `sent` only moves a message that was not further along.
+    const SQL: &str = "UPDATE notification_log SET status = $2, \
+                              last_error = COALESCE($3, last_error), updated_at_ms = $4 \
+                        WHERE provider_message_id = $1 \
+                          AND status NOT IN ('delivered', 'failed') \
+                          AND NOT ($2 = 'sent' AND status = 'sent')";
+    let updated = with_pool!(state.store.db(), pool => {
+        sqlx::query(SQL)
+            .bind(sid)
+            .bind(new_status)
+            .bind(error.as_deref())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected()
+    });
+    if updated == 0 {
+        tracing::info!(
+            status = new_status,
+            "Twilio callback for an unknown message or an older status"
+        );
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

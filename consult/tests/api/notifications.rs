@@ -1,0 +1,396 @@
+//! Notifications through the whole engine: who is told what at each step, reminders that follow
+//! reschedules and cancellations, and replays that send nothing twice. Messages go to the
+//! outbox file (the embedded default) here; `channels.rs` covers Twilio and SMTP on loopback.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use consult_api::Role;
+use consult_domain::{Consultation, ConsultationCommand, ConsultationError};
+use consult_store::{Metadata, Store, StoreOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::on_both_backends;
+
+/// One line of the outbox file.
+fn outbox(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an outbox line is JSON"))
+        .collect()
+}
+
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check().await
+}
+
+async fn notifications(app: &TestApp, id: &str) -> Vec<Value> {
+    let admin = app.token(Role::Admin, "admin-1");
+    let response = app
+        .get(&format!("/v1/consultations/{id}/notifications"), &admin)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    body["items"].as_array().expect("items").clone()
+}
+
+/// `(recipient, kind, channel)` of the sent notifications.
+fn sent(items: &[Value]) -> Vec<(String, String, String)> {
+    let mut sent: Vec<(String, String, String)> = items
+        .iter()
+        .filter(|n| n["status"] == "sent")
+        .map(|n| {
+            (
+                n["recipient_role"].as_str().unwrap_or_default().to_owned(),
+                n["kind"].as_str().unwrap_or_default().to_owned(),
+                n["channel"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    sent.sort();
+    sent
+}
+
+fn triple(recipient: &str, kind: &str, channel: &str) -> (String, String, String) {
+    (recipient.to_owned(), kind.to_owned(), channel.to_owned())
+}
+
+/// Runs a domain command straight on the store (payments have no endpoint yet).
+async fn confirm_payment(app: &TestApp, id: &str) {
+    let store = Store::connect(&StoreOptions::new(app.db.url.clone()))
+        .await
+        .expect("store");
+    let metadata = Metadata {
+        actor_id: "payments".into(),
+        actor_role: "system".into(),
+        correlation_id: id.into(),
+        causation_id: id.into(),
+        request_id: String::new(),
+    };
+    store
+        .execute::<Consultation, ConsultationError, _>(id, &metadata, None, |c| {
+            c.decide(ConsultationCommand::ConfirmPayment {
+                payment_id: format!("pi_{id}"),
+                amount_minor: 4500,
+                currency: "EUR".into(),
+                at: Utc::now(),
+            })
+        })
+        .await
+        .expect("payment recorded");
+    store.close().await;
+}
+
+fn booking_at(provider: &str, start: DateTime<Utc>) -> Value {
+    json!({
+        "provider_id": provider,
+        "starts_at": start.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "duration_minutes": 30,
+        "mode": "video",
+        "timezone": "Europe/Paris",
+        "contact": {"phone": "+33612345678", "email": "patient@example.org", "whatsapp": false},
+        "reason": "persistent migraine",
+    })
+}
+
+async fn book_at(app: &TestApp, patient: &str, start: DateTime<Utc>) -> String {
+    book_with(app, patient, "prov-1", start).await
+}
+
+async fn book_with(app: &TestApp, patient: &str, provider: &str, start: DateTime<Utc>) -> String {
+    let response = app
+        .post(
+            "/v1/consultations",
+            &app.token(Role::Patient, patient),
+            &booking_at(provider, start),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.expect("json");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
+    let response = app
+        .post(
+            &format!("/v1/consultations/{id}/{action}"),
+            &app.token(role, who),
+            &body,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "{action}");
+}
+
+/// Booked → accepted → paid → cancelled: each step tells the right party on each of their
+/// channels, once; no text message or subject carries the reason for the visit; a replay of
+/// the reactor and a projection rebuild send nothing new.
+async fn every_step_tells_the_right_party_once(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    let outbox_file = app.db.data_dir.join("outbox.jsonl");
+    app.register_provider("prov-1").await;
+    let id = book_at(&app, "pat-1", Utc::now() + chrono::Duration::days(3)).await;
+    let mut expected = vec![
+        triple("provider", "new_request", "email"),
+        triple("provider", "new_request", "sms"),
+    ];
+    let check = |expected: Vec<(String, String, String)>| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let mut expected = expected;
+            expected.sort();
+            eventually(Duration::from_secs(10), || async {
+                sent(&notifications(app, &id).await) == expected
+            })
+            .await
+        }
+    };
+    assert!(
+        check(expected.clone()).await,
+        "the provider hears of the request"
+    );
+
+    act(&app, Role::Provider, "prov-1", &id, "accept", json!({})).await;
+    expected.push(triple("patient", "accepted", "email"));
+    expected.push(triple("patient", "accepted", "sms"));
+    assert!(
+        check(expected.clone()).await,
+        "the patient hears of the acceptance"
+    );
+
+    confirm_payment(&app, &id).await;
+    expected.push(triple("patient", "payment_receipt", "email"));
+    expected.push(triple("patient", "payment_receipt", "sms"));
+    assert!(check(expected.clone()).await, "the patient gets a receipt");
+
+    act(
+        &app,
+        Role::Patient,
+        "pat-1",
+        &id,
+        "cancel",
+        json!({"reason": "cannot make it"}),
+    )
+    .await;
+    for recipient in ["patient", "provider"] {
+        for channel in ["email", "sms"] {
+            expected.push(triple(recipient, "cancelled", channel));
+        }
+    }
+    assert!(
+        check(expected.clone()).await,
+        "both hear of the cancellation"
+    );
+
+    let items = notifications(&app, &id).await;
+    for item in &items {
+        let recipient = item["recipient"].as_str().expect("recipient");
+        assert!(
+            recipient.contains('*') && !recipient.contains("12345678"),
+            "masked: {recipient}"
+        );
+        assert_eq!(item["attempts"], 1);
+        assert!(item["sent_at"].is_string());
+    }
+    let lines = outbox(&outbox_file);
+    assert_eq!(lines.len(), expected.len(), "one message per notification");
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for line in &lines {
+        *per_id
+            .entry(line["notification_id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+        let text = line["text"].as_str().expect("text");
+        let subject = line["subject"].as_str().unwrap_or_default();
+        assert!(
+            !text.to_lowercase().contains("migraine") || line["channel"] == "email",
+            "no medical detail in a text message: {text}"
+        );
+        assert!(!subject.to_lowercase().contains("migraine"), "{subject}");
+        if line["channel"] == "email" {
+            assert!(line["html"].as_str().is_some_and(|h| h.contains("<")));
+        }
+    }
+    assert!(per_id.values().all(|n| *n == 1));
+
+    // The reactor replays the whole log from the start, and the read model is rebuilt: every
+    // job exists already, so nothing is sent again.
+    let store = Store::connect(&StoreOptions::new(app.db.url.clone()))
+        .await
+        .expect("store");
+    consult_store::with_pool!(store.db(), pool => {
+        sqlx::query("UPDATE subscriptions SET position = 0, applied = 0 WHERE name = 'notifications'")
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+    .expect("rewind the reactor");
+    store.close().await;
+    let admin = app.token(Role::Admin, "admin-1");
+    let response = app
+        .post(
+            "/v1/admin/projections/consultations/rebuild",
+            &admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let response = app.get("/v1/admin/subscriptions", &admin).await;
+            let body: Value = response.json().await.expect("json");
+            body["subscriptions"]
+                .as_array()
+                .expect("subscriptions")
+                .iter()
+                .all(|s| s["state"] == "live" && s["applied_since_reset"].as_i64() > Some(0))
+        })
+        .await,
+        "the replays finish"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        outbox(&outbox_file).len(),
+        expected.len(),
+        "nothing sent again"
+    );
+    assert_eq!(notifications(&app, &id).await.len(), expected.len());
+}
+
+/// Reminders a few seconds apart: a confirmed consultation gets each reminder once on each
+/// channel; a rescheduled one gets none for the old time and all for the new one; a cancelled
+/// one gets none.
+async fn reminders_follow_reschedules_and_cancellations(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |config| {
+        config.notifications.reminders =
+            consult_reactors::parse_reminders("6s:email,3s:sms").expect("reminders");
+    })
+    .await
+    else {
+        return;
+    };
+    let outbox_file = app.db.data_dir.join("outbox.jsonl");
+    // One provider each: their times overlap.
+    for provider in ["prov-1", "prov-2", "prov-3"] {
+        app.register_provider(provider).await;
+    }
+    let start = Utc::now() + chrono::Duration::seconds(10);
+    let kept = book_with(&app, "pat-1", "prov-1", start).await;
+    let moved = book_with(&app, "pat-2", "prov-2", start + chrono::Duration::hours(2)).await;
+    let cancelled = book_with(&app, "pat-3", "prov-3", start + chrono::Duration::hours(4)).await;
+    for (id, provider) in [
+        (&kept, "prov-1"),
+        (&moved, "prov-2"),
+        (&cancelled, "prov-3"),
+    ] {
+        act(&app, Role::Provider, provider, id, "accept", json!({})).await;
+        confirm_payment(&app, id).await;
+    }
+    // The moved one: its first reminder time is now far off; it moves to 12 s from now.
+    let new_start = Utc::now() + chrono::Duration::seconds(12);
+    act(
+        &app,
+        Role::Patient,
+        "pat-2",
+        &moved,
+        "reschedule",
+        json!({"starts_at": new_start.format("%Y-%m-%dT%H:%M:%SZ").to_string()}),
+    )
+    .await;
+    act(
+        &app,
+        Role::Patient,
+        "pat-3",
+        &cancelled,
+        "cancel",
+        json!({"reason": "no longer needed"}),
+    )
+    .await;
+
+    let reminders = |items: Vec<Value>| -> Vec<(String, String)> {
+        let mut r: Vec<(String, String)> = items
+            .iter()
+            .filter(|n| n["kind"] == "reminder" && n["status"] == "sent")
+            .map(|n| {
+                (
+                    n["recipient_role"].as_str().unwrap_or_default().to_owned(),
+                    n["channel"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    let both = vec![
+        ("patient".to_owned(), "email".to_owned()),
+        ("patient".to_owned(), "sms".to_owned()),
+        ("provider".to_owned(), "email".to_owned()),
+        ("provider".to_owned(), "sms".to_owned()),
+    ];
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            reminders(notifications(&app, &kept).await) == both
+                && reminders(notifications(&app, &moved).await) == both
+        })
+        .await,
+        "each reminder arrives on each channel: kept {:?}, moved {:?}",
+        reminders(notifications(&app, &kept).await),
+        reminders(notifications(&app, &moved).await)
+    );
+    // The old starts are hours away: their reminder timers must be cancelled, not pending.
+    assert!(reminders(notifications(&app, &cancelled).await).is_empty());
+    let timers = |id: &str, status: &str| {
+        format!("SELECT count(*) FROM jobs WHERE consultation_id = '{id}' AND kind = 'reminder' AND status = '{status}'")
+    };
+    assert_eq!(app.db.scalar(&timers(&moved, "cancelled")).await, 2);
+    assert_eq!(app.db.scalar(&timers(&moved, "done")).await, 2);
+    assert_eq!(app.db.scalar(&timers(&moved, "pending")).await, 0);
+    assert_eq!(app.db.scalar(&timers(&cancelled, "cancelled")).await, 2);
+    assert_eq!(app.db.scalar(&timers(&cancelled, "pending")).await, 0);
+    let moved_items = notifications(&app, &moved).await;
+    assert_eq!(
+        moved_items
+            .iter()
+            .filter(|n| n["kind"] == "reminder")
+            .count(),
+        4,
+        "only the new time's reminders were queued"
+    );
+    let lines = outbox(&outbox_file);
+    let final_ones: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["channel"] == "sms" && l["text"].as_str().is_some_and(|t| t.contains("/join"))
+        })
+        .collect();
+    assert!(
+        final_ones.len() >= 4,
+        "the final reminder carries the meeting link"
+    );
+    // Nothing more arrives later.
+    let count = lines.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outbox(&outbox_file).len(), count);
+}
+
+on_both_backends!(
+    every_step_tells_the_right_party_once,
+    reminders_follow_reschedules_and_cancellations,
+);

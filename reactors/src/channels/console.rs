@@ -1,0 +1,115 @@
+//! A local sink used when a channel has no credentials (development, demos, tests).
+//!
+//! Every message is appended to a file as one JSON object per line:
+//!
+//! ```json
+//! {"at":"2026-11-20T10:00:00+00:00","channel":"sms","to":"+15551234567","subject":null,"text":"…","html":null,"notification_id":"…"}
+//! ```
+//!
+//! The file holds the full message (that is its purpose), so it must be treated like the
+//! database: personal data. Tracing logs only get the channel, the masked address and the
+//! notification id.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use consult_store::BoxFuture;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::{mask, Channel, ChannelKind, Message, SendError, Sent};
+
+/// Appends messages as JSON lines to a local file; implements [`Channel`] for every
+/// [`ChannelKind`]. Clones share the same file and lock.
+#[derive(Debug, Clone)]
+pub struct ConsoleSink {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
+}
+
+/// One line of the file.
+#[derive(Serialize)]
+struct Line<'a> {
+    at: String,
+    channel: ChannelKind,
+    to: &'a str,
+    subject: Option<&'a str>,
+    text: &'a str,
+    html: Option<&'a str>,
+    notification_id: &'a str,
+}
+
+impl ConsoleSink {
+    /// Opens (creating it and its parent directories if needed) the file at `path` for
+    /// appending.
+    pub fn new(path: impl Into<PathBuf>) -> io::Result<Self> {
+        let path = path.into();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self {
+            path,
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    /// The file messages are written to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(&self, message: &Message) -> Result<Sent, SendError> {
+        let line = Line {
+            at: chrono::Utc::now().to_rfc3339(),
+            channel: message.channel,
+            to: &message.to,
+            subject: message.subject.as_deref(),
+            text: &message.text,
+            html: message.html.as_deref(),
+            notification_id: &message.notification_id,
+        };
+        let mut bytes = serde_json::to_vec(&line)
+            .map_err(|error| SendError::permanent(format!("cannot encode message: {error}")))?;
+        bytes.push(b'\n');
+
+        // The lock keeps lines whole and in order; the blocking write runs off the runtime.
+        let mut file = Arc::clone(&self.file).lock_owned().await;
+        let written = tokio::task::spawn_blocking(move || {
+            file.write_all(&bytes)?;
+            file.flush()
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(SendError::retryable(format!(
+                    "cannot write to the console sink file: {error}"
+                )))
+            }
+            Err(_) => {
+                return Err(SendError::retryable(
+                    "the console sink write was interrupted",
+                ))
+            }
+        }
+
+        tracing::info!(
+            channel = %message.channel,
+            to = %mask(&message.to),
+            notification_id = %message.notification_id,
+            "message written to the console sink"
+        );
+        Ok(Sent {
+            provider_message_id: Some(format!("console-{}", message.notification_id)),
+        })
+    }
+}
+
+impl Channel for ConsoleSink {
+    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<Sent, SendError>> {
+        Box::pin(self.write(message))
+    }
+}

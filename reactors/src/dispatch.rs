@@ -1,0 +1,521 @@
+//! The dispatcher: claims due jobs, runs them, records each outcome.
+//!
+//! A claimed job is `running` under this process's name until a lock runs out; if the process
+//! dies, another dispatcher claims it again once the lock has expired. A notification is
+//! therefore sent **at least once**: it is sent twice only if the process dies after the
+//! provider accepted the message and before the outcome committed (one round trip to the
+//! database), and then the second send happens once the lock (`lease`) has run out.
+//!
+//! Failures are retried with exponential backoff and full jitter, up to the job's
+//! `max_attempts`; then the job is dead-lettered and its notification marked `dead`. Errors the
+//! provider says are permanent (an invalid number, say) are dead-lettered at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use consult_domain::{Consultation, ConsultationCommand, ConsultationError, ExpiryCause, Status};
+use consult_store::{with_pool, with_tx, Db, HandlerError, Metadata, Store, StoreError, Tx};
+use tokio::sync::watch;
+
+use crate::channels::{Channel, ChannelKind, Message};
+use crate::jobs::{self, Job, JobKind};
+use crate::messages::{self, Facts, PaymentFacts, RefundNote, ReminderFacts};
+use crate::reactor::{self, DeadlinePayload, NotifyPayload, ReactorConfig, ReminderPayload};
+
+/// Runs `$body` with `$tx` bound to a new transaction of `$store`, and commits it; `?` in the
+/// body returns early (and rolls back).
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {{
+        match $store.db() {
+            Db::Postgres(pool) => {
+                let mut transaction = pool.begin().await?;
+                let value = {
+                    let $tx = &mut Tx::Postgres(&mut transaction);
+                    $body
+                };
+                transaction.commit().await?;
+                value
+            }
+            Db::Sqlite(pool) => {
+                let mut transaction = pool.begin().await?;
+                let value = {
+                    let $tx = &mut Tx::Sqlite(&mut transaction);
+                    $body
+                };
+                transaction.commit().await?;
+                value
+            }
+        }
+    }};
+}
+
+/// The channel for each kind.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    pub sms: Arc<dyn Channel>,
+    pub whatsapp: Arc<dyn Channel>,
+    pub email: Arc<dyn Channel>,
+}
+
+impl Channels {
+    fn of(&self, kind: ChannelKind) -> &Arc<dyn Channel> {
+        match kind {
+            ChannelKind::Sms => &self.sms,
+            ChannelKind::Whatsapp => &self.whatsapp,
+            ChannelKind::Email => &self.email,
+        }
+    }
+}
+
+/// At most `limit` messages to one recipient within `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodGuard {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl FloodGuard {
+    /// Parses `<count>/<duration>`, e.g. `20/1h`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (count, window) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}`: expected <count>/<duration>, e.g. 20/1h"))?;
+        let limit: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}`: the count must be a whole number"))?;
+        let window = reactor::parse_reminders(&format!("{}:email", window.trim()))
+            .ok()
+            .and_then(|specs| specs.first().map(|s| s.offset))
+            .ok_or_else(|| format!("`{text}`: the window must be like 30m, 1h or 1d"))?;
+        if limit == 0 {
+            return Err(format!("`{text}`: the count must be at least 1"));
+        }
+        Ok(Self { limit, window })
+    }
+}
+
+/// How the dispatcher paces itself.
+#[derive(Debug, Clone)]
+pub struct DispatcherOptions {
+    /// Jobs claimed at once.
+    pub batch: u32,
+    /// How long a claimed job stays locked to this process.
+    pub lease: Duration,
+    /// How often to look for due jobs when nothing wakes the dispatcher.
+    pub poll_interval: Duration,
+    /// First retry delay; doubles with each attempt (with jitter) up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub flood: FloodGuard,
+    /// Base of the links in messages (the patient/provider app).
+    pub app_url: String,
+}
+
+impl Default for DispatcherOptions {
+    fn default() -> Self {
+        Self {
+            batch: 64,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            base_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(3600),
+            flood: FloodGuard {
+                limit: 20,
+                window: Duration::from_secs(3600),
+            },
+            app_url: "http://localhost:8080".to_owned(),
+        }
+    }
+}
+
+/// Runs due jobs until told to stop.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    store: Store,
+    owner: String,
+    channels: Channels,
+    config: ReactorConfig,
+    options: DispatcherOptions,
+}
+
+/// How one run of a job ended.
+enum Outcome {
+    Done,
+    Retry(String),
+    Dead(String),
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn instant(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        owner: impl Into<String>,
+        channels: Channels,
+        config: ReactorConfig,
+        options: DispatcherOptions,
+    ) -> Self {
+        Self {
+            store,
+            owner: owner.into(),
+            channels,
+            config,
+            options,
+        }
+    }
+
+    /// Claims and runs due jobs until `stop` turns true. `wake` is bumped by the reactor of
+    /// this process when it queued jobs; other processes' jobs are found by polling.
+    pub async fn run(self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            wake.borrow_and_update();
+            match self.run_due().await {
+                Ok(claimed) if claimed >= self.options.batch as usize => continue,
+                Ok(_) => failures = 0,
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(error = %consult_store::error_chain(&err), failures, "dispatcher cannot claim jobs");
+                }
+            }
+            let mut wait = self.options.poll_interval;
+            if failures > 0 {
+                wait = Duration::from_secs(1 << failures.min(5));
+            } else if let Ok(Some(next)) = jobs::next_due(&self.store).await {
+                let until = u64::try_from((next - now_ms()).max(0)).unwrap_or(0);
+                wait = wait.min(Duration::from_millis(until));
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Claims one batch of due jobs and runs them concurrently; returns how many were claimed.
+    pub async fn run_due(&self) -> Result<usize, StoreError> {
+        let claimed = jobs::claim(
+            &self.store,
+            &self.owner,
+            self.options.batch,
+            self.options.lease,
+            now_ms(),
+        )
+        .await?;
+        let count = claimed.len();
+        let runs = claimed.into_iter().map(|job| self.run_job(job));
+        futures_util::future::join_all(runs).await;
+        Ok(count)
+    }
+
+    async fn run_job(&self, job: Job) {
+        let kind = JobKind::parse(&job.kind);
+        let outcome = match kind {
+            Some(JobKind::Notify) => self.notify(&job).await,
+            Some(JobKind::Reminder) => self.reminder(&job).await,
+            Some(JobKind::Deadline) => self.deadline(&job).await,
+            None => Outcome::Dead(format!("unknown job kind {}", job.kind)),
+        };
+        if let Err(err) = self.record(&job, kind, outcome).await {
+            // The job stays `running` until its lock runs out, then it is claimed again.
+            tracing::error!(job = %job.id, error = %consult_store::error_chain(err.as_ref()), "cannot record a job's outcome");
+        }
+    }
+
+    /// The delay before attempt `attempts + 1`: exponential with full jitter.
+    fn backoff(&self, attempts: i32) -> Duration {
+        let exponent = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        let ceiling = self
+            .options
+            .base_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.options.max_backoff);
+        let mut bytes = [0u8; 8];
+        let fraction = if getrandom::fill(&mut bytes).is_ok() {
+            (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+        } else {
+            1.0
+        };
+        // Half fixed, half random: never immediately, never in lockstep.
+        ceiling.mul_f64(0.5 + 0.5 * fraction)
+    }
+
+    async fn record(
+        &self,
+        job: &Job,
+        kind: Option<JobKind>,
+        outcome: Outcome,
+    ) -> Result<(), HandlerError> {
+        let now = now_ms();
+        let notify = kind == Some(JobKind::Notify);
+        let (retry_at, error, status) = match &outcome {
+            Outcome::Done => (None, None, "sent"),
+            Outcome::Retry(error) if job.attempts < job.max_attempts => {
+                let delay = i64::try_from(self.backoff(job.attempts).as_millis()).unwrap_or(0);
+                (Some(now + delay), Some(error.as_str()), "failed")
+            }
+            Outcome::Retry(error) | Outcome::Dead(error) => (None, Some(error.as_str()), "dead"),
+        };
+        match &outcome {
+            Outcome::Done => {}
+            _ if status == "dead" => {
+                tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = error.unwrap_or(""), "job dead-lettered")
+            }
+            _ => {
+                tracing::info!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = error.unwrap_or(""), "job failed; will retry")
+            }
+        }
+        in_tx!(self.store, tx => {
+            let held = match error {
+                None => jobs::complete(tx, &job.id, &self.owner, now).await?,
+                Some(error) => jobs::fail(tx, &job.id, &self.owner, error, retry_at, now).await?,
+            };
+            if held && notify && status != "sent" {
+                const SQL: &str = "UPDATE notification_log SET status = $2, attempts = $3, \
+                                   last_error = $4, updated_at_ms = $5 WHERE id = $1";
+                with_tx!(tx, conn => {
+                    sqlx::query(SQL)
+                        .bind(&job.id)
+                        .bind(status)
+                        .bind(job.attempts)
+                        .bind(error)
+                        .bind(now)
+                        .execute(conn)
+                        .await
+                        .map(|_| ())?
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn notify(&self, job: &Job) -> Outcome {
+        let payload: NotifyPayload = match serde_json::from_str(&job.payload) {
+            Ok(payload) => payload,
+            Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
+        };
+        match self.flooded(&payload.to).await {
+            Ok(true) => {
+                return Outcome::Dead(format!(
+                    "flood guard: {} messages to this recipient within {:?} already",
+                    self.options.flood.limit, self.options.flood.window
+                ))
+            }
+            Ok(false) => {}
+            Err(err) => return Outcome::Retry(format!("flood guard: {err}")),
+        }
+        let message = match self.render(job, &payload) {
+            Ok(message) => message,
+            Err(err) => return Outcome::Dead(format!("cannot render: {err}")),
+        };
+        let sent = match self.channels.of(payload.channel).send(&message).await {
+            Ok(sent) => sent,
+            Err(err) if err.retryable => return Outcome::Retry(err.message),
+            Err(err) => return Outcome::Dead(err.message),
+        };
+        // Recorded before the job is marked done, in its own statement: the send happened.
+        const SQL: &str = "UPDATE notification_log SET status = 'sent', attempts = $2, \
+                           provider_message_id = $3, sent_at_ms = $4, last_error = NULL, \
+                           updated_at_ms = $4 WHERE id = $1";
+        let now = now_ms();
+        let recorded = with_pool!(self.store.db(), pool => {
+            sqlx::query(SQL)
+                .bind(&job.id)
+                .bind(job.attempts)
+                .bind(sent.provider_message_id.as_deref())
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        });
+        if let Err(err) = recorded {
+            tracing::error!(job = %job.id, %err, "sent, but cannot record it");
+        }
+        tracing::info!(job = %job.id, consultation = %job.consultation_id, channel = %payload.channel, kind = payload.kind.as_str(), "notification sent");
+        Outcome::Done
+    }
+
+    /// Whether the recipient already got as many messages as the guard allows.
+    async fn flooded(&self, to: &str) -> Result<bool, StoreError> {
+        let since = now_ms() - i64::try_from(self.options.flood.window.as_millis()).unwrap_or(0);
+        const SQL: &str = "SELECT count(*) FROM notification_log \
+                           WHERE recipient_key = $1 AND sent_at_ms >= $2";
+        let count: i64 = with_pool!(self.store.db(), pool => {
+            sqlx::query_scalar(SQL)
+                .bind(reactor::recipient_key(to))
+                .bind(since)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(count >= i64::from(self.options.flood.limit))
+    }
+
+    fn render(&self, job: &Job, payload: &NotifyPayload) -> Result<Message, String> {
+        let timezone: chrono_tz::Tz = payload
+            .timezone
+            .parse()
+            .map_err(|_| format!("unknown time zone {}", payload.timezone))?;
+        let base = self.options.app_url.trim_end_matches('/');
+        let id = &job.consultation_id;
+        let payment = match (payload.amount_minor, &payload.currency) {
+            (Some(amount_minor), Some(currency)) => Some(PaymentFacts {
+                amount_minor,
+                currency: currency.clone(),
+                refund: RefundNote::None,
+            }),
+            _ => payload.refund.as_deref().map(|refund| PaymentFacts {
+                amount_minor: 0,
+                currency: String::new(),
+                refund: if refund == "full" {
+                    RefundNote::Full
+                } else {
+                    RefundNote::NotPaid
+                },
+            }),
+        };
+        let facts = Facts {
+            consultation_id: id.clone(),
+            starts_at: payload.starts_at,
+            ends_at: payload.ends_at,
+            previous_starts_at: payload.previous_starts_at,
+            timezone,
+            mode: payload.mode.clone(),
+            provider_name: payload.provider_name.clone(),
+            meeting_link: (payload.mode != "in_person")
+                .then(|| format!("{base}/consultations/{id}/join")),
+            manage_link: Some(format!("{base}/consultations/{id}")),
+            payment,
+            cancelled_by: payload.cancelled_by.clone(),
+            expiry: payload.expiry.clone(),
+            reminder: payload.reminder_offset_secs.map(|secs| ReminderFacts {
+                offset: Duration::from_secs(secs),
+                is_final: payload.reminder_is_final,
+            }),
+        };
+        let rendered = messages::render(payload.kind, payload.recipient, payload.channel, &facts)
+            .map_err(|e| e.to_string())?;
+        Ok(Message {
+            channel: payload.channel,
+            to: payload.to.clone(),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+            notification_id: job.id.clone(),
+        })
+    }
+
+    /// A reminder timer: if the consultation is still confirmed for the same start, queue the
+    /// reminder's sends (with keys of their own, so a second firing queues nothing).
+    async fn reminder(&self, job: &Job) -> Outcome {
+        let reminder: ReminderPayload = match serde_json::from_str(&job.payload) {
+            Ok(payload) => payload,
+            Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
+        };
+        match self.fire_reminder(job, &reminder).await {
+            Ok(_) => Outcome::Done,
+            Err(err) => Outcome::Retry(consult_store::error_chain(err.as_ref())),
+        }
+    }
+
+    /// Queues a reminder's sends if it is still due; returns how many.
+    async fn fire_reminder(
+        &self,
+        job: &Job,
+        reminder: &ReminderPayload,
+    ) -> Result<usize, HandlerError> {
+        let id = &job.consultation_id;
+        let queued = in_tx!(self.store, tx => {
+            let (state, provider) = reactor::load_for_timer(tx, id).await?;
+            let now = Utc::now();
+            let current = state.status == Status::Confirmed
+                && state.starts_at() == Some(reminder.starts_at)
+                && now < reminder.starts_at;
+            let mut queued = 0;
+            if current {
+                let sends = reactor::reminder_sends(
+                    &self.config,
+                    id,
+                    &state,
+                    provider.as_ref(),
+                    reminder,
+                    now,
+                );
+                for send in &sends {
+                    if jobs::insert(tx, send, now.timestamp_millis()).await? {
+                        reactor::insert_log(tx, send, now.timestamp_millis()).await?;
+                        queued += 1;
+                    }
+                }
+            } else {
+                tracing::info!(job = %job.id, consultation = %id, "reminder no longer due; skipped");
+            }
+            queued
+        });
+        Ok(queued)
+    }
+
+    /// A deadline timer: expires the consultation if it is still in the state the deadline
+    /// was set for.
+    async fn deadline(&self, job: &Job) -> Outcome {
+        let deadline: DeadlinePayload = match serde_json::from_str(&job.payload) {
+            Ok(payload) => payload,
+            Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
+        };
+        let metadata = Metadata {
+            actor_id: "deadlines".to_owned(),
+            actor_role: "system".to_owned(),
+            correlation_id: job.consultation_id.clone(),
+            causation_id: job.id.clone(),
+            request_id: String::new(),
+        };
+        let due = deadline.due_at;
+        let cause = deadline.cause;
+        let result = self
+            .store
+            .execute::<Consultation, ConsultationError, _>(
+                &job.consultation_id,
+                &metadata,
+                None,
+                |state| {
+                    let still_due = match cause {
+                        ExpiryCause::NotAcceptedInTime => state.status == Status::Requested,
+                        ExpiryCause::UnpaidAtStart => {
+                            state.status == Status::Accepted && state.starts_at() == Some(due)
+                        }
+                    };
+                    if !still_due {
+                        return Ok(Vec::new());
+                    }
+                    state.decide(ConsultationCommand::Expire {
+                        cause,
+                        at: Utc::now(),
+                    })
+                },
+            )
+            .await;
+        match result {
+            Ok(_) => Outcome::Done,
+            Err(consult_store::ExecuteError::Refused(_)) => Outcome::Done,
+            Err(err) => Outcome::Retry(err.to_string()),
+        }
+    }
+}
+
+/// When the next instant a job is due, for tests and metrics.
+pub fn due_at(job: &Job) -> DateTime<Utc> {
+    instant(job.due_at_ms)
+}

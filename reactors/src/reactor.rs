@@ -1,0 +1,783 @@
+//! The `notifications` reactor: turns consultation events into jobs, in the transaction that
+//! moves its checkpoint. Who is told what:
+//!
+//! | event | told |
+//! | --- | --- |
+//! | Booked | provider: new request |
+//! | Accepted | patient |
+//! | Declined | patient, with what happens to the payment |
+//! | PaymentConfirmed | patient: receipt |
+//! | Rescheduled | both: new and previous time |
+//! | Cancelled | both |
+//! | Expired | patient |
+//!
+//! It also keeps the timers: reminders are scheduled when a consultation becomes confirmed,
+//! moved on reschedule and cancelled when it ends; deadlines expire a request not accepted in
+//! time and an accepted consultation still unpaid at its start.
+//!
+//! Every job's key is derived from the event that caused it, so a redelivered batch or a replay
+//! of the log inserts nothing new and sends nothing twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use consult_domain::{
+    Canceller, Consultation, ConsultationEvent, ExpiryCause, PaymentStatus, ProviderEvent,
+    ProviderProfile, Status,
+};
+use consult_store::{with_tx, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::channels::{mask, ChannelKind};
+use crate::jobs::{self, JobKind, NewJob};
+use crate::messages::{NotificationKind, Recipient};
+
+/// One reminder: how long before the start, and through which channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderSpec {
+    pub offset: Duration,
+    pub email: bool,
+    /// SMS, or WhatsApp for a recipient who opted in.
+    pub text: bool,
+}
+
+/// Parses `REMINDERS`, e.g. `24h:email,1h:sms,15m:sms+email`.
+pub fn parse_reminders(text: &str) -> Result<Vec<ReminderSpec>, String> {
+    let mut specs = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (offset, channels) = item
+            .split_once(':')
+            .ok_or_else(|| format!("reminder `{item}`: expected <offset>:<channels>"))?;
+        let offset = parse_offset(offset).ok_or_else(|| {
+            format!("reminder `{item}`: offset must be a number with s, m, h or d (e.g. 15m)")
+        })?;
+        let mut spec = ReminderSpec {
+            offset,
+            email: false,
+            text: false,
+        };
+        for channel in channels.split('+') {
+            match channel.trim() {
+                "email" => spec.email = true,
+                "sms" | "whatsapp" | "text" => spec.text = true,
+                other => {
+                    return Err(format!(
+                        "reminder `{item}`: unknown channel `{other}` (email, sms)"
+                    ))
+                }
+            }
+        }
+        specs.push(spec);
+    }
+    specs.sort_by_key(|s| std::cmp::Reverse(s.offset));
+    specs.dedup_by(|a, b| a.offset == b.offset);
+    Ok(specs)
+}
+
+fn parse_offset(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+/// What the reactor needs to know.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
+    pub reminders: Vec<ReminderSpec>,
+    /// A request not accepted this long after booking (or by its start) expires.
+    pub accept_deadline: Duration,
+    /// Attempts of a notification before it is dead-lettered.
+    pub max_attempts: i32,
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        Self {
+            reminders: parse_reminders("24h:email,1h:sms,15m:sms+email").unwrap_or_default(),
+            accept_deadline: Duration::from_secs(24 * 3600),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// Everything a notification job needs to be rendered and sent, fixed when it is queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyPayload {
+    pub recipient: Recipient,
+    pub kind: NotificationKind,
+    pub channel: ChannelKind,
+    /// Phone number (E.164) or email address.
+    pub to: String,
+    /// The recipient's IANA time zone.
+    pub timezone: String,
+    pub provider_name: String,
+    pub mode: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub previous_starts_at: Option<DateTime<Utc>>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    /// Declined: `full` (a refund follows) or `not_paid`.
+    pub refund: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub expiry: Option<String>,
+    pub reminder_offset_secs: Option<u64>,
+    pub reminder_is_final: bool,
+}
+
+/// A reminder timer's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReminderPayload {
+    pub offset_secs: u64,
+    pub is_final: bool,
+    pub email: bool,
+    pub text: bool,
+    /// The start the reminder was scheduled for; a moved consultation gets new timers.
+    pub starts_at: DateTime<Utc>,
+}
+
+/// A deadline timer's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadlinePayload {
+    pub cause: ExpiryCause,
+    pub due_at: DateTime<Utc>,
+}
+
+/// The `notifications` reactor subscription.
+#[derive(Debug, Clone)]
+pub struct NotificationsReactor {
+    config: ReactorConfig,
+    /// Wakes this process's dispatcher when jobs were queued.
+    wake: tokio::sync::watch::Sender<u64>,
+}
+
+impl NotificationsReactor {
+    pub fn new(config: ReactorConfig, wake: tokio::sync::watch::Sender<u64>) -> Self {
+        Self { config, wake }
+    }
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// The hash the flood guard counts a recipient by.
+pub fn recipient_key(to: &str) -> String {
+    let digest = Sha256::digest(to.trim().to_lowercase().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What one batch does to the jobs, in event order.
+#[derive(Default)]
+struct Plan {
+    steps: Vec<Step>,
+}
+
+enum Step {
+    Queue(NewJob),
+    /// Cancel a consultation's pending timers of a kind.
+    Cancel(String, JobKind),
+}
+
+impl Plan {
+    fn queue(&mut self, job: NewJob) {
+        self.steps.push(Step::Queue(job));
+    }
+
+    fn cancel(&mut self, id: &str, kind: JobKind) {
+        self.steps.push(Step::Cancel(id.to_owned(), kind));
+    }
+}
+
+struct Context<'a> {
+    config: &'a ReactorConfig,
+    id: &'a str,
+    sequence: i64,
+    now: DateTime<Utc>,
+}
+
+impl Handler for NotificationsReactor {
+    fn name(&self) -> &'static str {
+        "notifications"
+    }
+
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut Tx<'_>,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let now = Utc::now();
+            let mut states: HashMap<String, Consultation> = HashMap::new();
+            let mut providers: HashMap<String, Option<ProviderProfile>> = HashMap::new();
+            let mut plan = Plan::default();
+            for event in events.iter().filter(|e| e.aggregate_type == "consultation") {
+                if !states.contains_key(&event.aggregate_id) {
+                    let before = state_before(tx, &event.aggregate_id, event.sequence).await?;
+                    states.insert(event.aggregate_id.clone(), before);
+                }
+                let Some(state) = states.get_mut(&event.aggregate_id) else {
+                    continue;
+                };
+                let parsed: ConsultationEvent = serde_json::from_str(&event.payload)?;
+                let before = state.clone();
+                state.evolve(parsed.clone());
+                let after = state.clone();
+                let provider_id = after
+                    .booking
+                    .as_ref()
+                    .map(|b| b.provider_id.as_str().to_owned())
+                    .unwrap_or_default();
+                if !providers.contains_key(&provider_id) {
+                    let profile = provider_profile(tx, &provider_id).await?;
+                    providers.insert(provider_id.clone(), profile);
+                }
+                let provider = providers.get(&provider_id).and_then(Option::as_ref);
+                let context = Context {
+                    config: &self.config,
+                    id: &event.aggregate_id,
+                    sequence: event.sequence,
+                    now,
+                };
+                react(&context, &before, &after, &parsed, provider, &mut plan);
+            }
+            let now_ms = millis(now);
+            let mut queued = 0;
+            for step in &plan.steps {
+                match step {
+                    Step::Cancel(id, kind) => {
+                        jobs::cancel_timers(tx, id, *kind, now_ms).await?;
+                    }
+                    Step::Queue(job) => {
+                        if jobs::insert(tx, job, now_ms).await? {
+                            queued += 1;
+                            if job.kind == JobKind::Notify {
+                                insert_log(tx, job, now_ms).await?;
+                            }
+                        }
+                    }
+                }
+            }
+            if queued > 0 {
+                self.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Ok(())
+        })
+    }
+
+    /// Jobs are not a read model: a reset keeps them (and sends nothing again, as every key
+    /// already exists).
+    fn reset<'a>(&'a self, _tx: &'a mut Tx<'_>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The consultation as it stood before `sequence`.
+async fn state_before(
+    tx: &mut Tx<'_>,
+    id: &str,
+    sequence: i64,
+) -> Result<Consultation, HandlerError> {
+    let sql = match tx {
+        Tx::Postgres(_) => {
+            "SELECT payload::text FROM events WHERE aggregate_type = 'consultation' \
+             AND aggregate_id = $1 AND sequence < $2 ORDER BY sequence"
+        }
+        Tx::Sqlite(_) => {
+            "SELECT payload FROM events WHERE aggregate_type = 'consultation' \
+             AND aggregate_id = $1 AND sequence < $2 ORDER BY sequence"
+        }
+    };
+    let payloads: Vec<String> = with_tx!(tx, conn => {
+        sqlx::query_scalar(sql).bind(id).bind(sequence).fetch_all(conn).await?
+    });
+    let mut state = Consultation::default();
+    for payload in payloads {
+        state.evolve(serde_json::from_str(&payload)?);
+    }
+    Ok(state)
+}
+
+/// A provider's profile from its stream.
+async fn provider_profile(
+    tx: &mut Tx<'_>,
+    id: &str,
+) -> Result<Option<ProviderProfile>, HandlerError> {
+    let sql = match tx {
+        Tx::Postgres(_) => {
+            "SELECT payload::text FROM events WHERE aggregate_type = 'provider' \
+             AND aggregate_id = $1 ORDER BY sequence"
+        }
+        Tx::Sqlite(_) => {
+            "SELECT payload FROM events WHERE aggregate_type = 'provider' \
+             AND aggregate_id = $1 ORDER BY sequence"
+        }
+    };
+    let payloads: Vec<String> = with_tx!(tx, conn => {
+        sqlx::query_scalar(sql).bind(id).fetch_all(conn).await?
+    });
+    let mut profile = None;
+    for payload in payloads {
+        let ProviderEvent::Registered { profile: p, .. } = serde_json::from_str(&payload)?;
+        profile = Some(p);
+    }
+    Ok(profile)
+}
+
+pub(crate) async fn insert_log(
+    tx: &mut Tx<'_>,
+    job: &NewJob,
+    now_ms: i64,
+) -> Result<(), HandlerError> {
+    let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
+    const SQL: &str = "INSERT INTO notification_log (id, consultation_id, recipient_role, \
+                       channel, kind, recipient_masked, status, attempts, scheduled_for_ms, \
+                       updated_at_ms, recipient_key) \
+                       VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $9) \
+                       ON CONFLICT (id) DO NOTHING";
+    with_tx!(tx, conn => {
+        sqlx::query(SQL)
+            .bind(&job.id)
+            .bind(&job.consultation_id)
+            .bind(payload.recipient.as_str())
+            .bind(payload.channel.as_str())
+            .bind(payload.kind.as_str())
+            .bind(mask(&payload.to))
+            .bind(job.due_at_ms)
+            .bind(now_ms)
+            .bind(recipient_key(&payload.to))
+            .execute(conn)
+            .await
+            .map(|_| ())?
+    });
+    Ok(())
+}
+
+/// The jobs one event causes.
+fn react(
+    context: &Context<'_>,
+    before: &Consultation,
+    after: &Consultation,
+    event: &ConsultationEvent,
+    provider: Option<&ProviderProfile>,
+    plan: &mut Plan,
+) {
+    use ConsultationEvent as E;
+    let (Some(starts_at), Some(ends_at)) = (after.starts_at(), after.ends_at()) else {
+        return;
+    };
+    let base = |kind: NotificationKind| Notice {
+        kind,
+        starts_at,
+        ends_at,
+        previous_starts_at: None,
+        amount_minor: None,
+        currency: None,
+        refund: None,
+        cancelled_by: None,
+        expiry: None,
+        reminder: None,
+    };
+    let id = context.id.to_owned();
+    let key = |suffix: &str| format!("{}:{}:{suffix}", id, context.sequence);
+    let notify = |to: Recipient, notice: Notice, plan: &mut Plan| {
+        for job in notify_jobs(context, after, provider, to, &notice, &key("notify")) {
+            plan.queue(job);
+        }
+    };
+    match event {
+        E::Booked { at, .. } => {
+            notify(
+                Recipient::Provider,
+                base(NotificationKind::NewRequest),
+                plan,
+            );
+            let due = (*at + chrono_duration(context.config.accept_deadline)).min(starts_at);
+            plan.queue(deadline_job(context, ExpiryCause::NotAcceptedInTime, due));
+        }
+        E::Accepted { .. } => {
+            notify(Recipient::Patient, base(NotificationKind::Accepted), plan);
+            plan.cancel(&id, JobKind::Deadline);
+            if after.payment != PaymentStatus::Paid && after.status == Status::Accepted {
+                plan.queue(deadline_job(context, ExpiryCause::UnpaidAtStart, starts_at));
+            }
+        }
+        E::Declined { .. } => {
+            let mut notice = base(NotificationKind::Declined);
+            notice.refund = Some(
+                if before.payment == PaymentStatus::Paid {
+                    "full"
+                } else {
+                    "not_paid"
+                }
+                .to_owned(),
+            );
+            notify(Recipient::Patient, notice, plan);
+        }
+        E::PaymentConfirmed {
+            amount_minor,
+            currency,
+            ..
+        } => {
+            let mut notice = base(NotificationKind::PaymentReceipt);
+            notice.amount_minor = Some(*amount_minor);
+            notice.currency = Some(currency.clone());
+            notify(Recipient::Patient, notice, plan);
+        }
+        E::Rescheduled {
+            previous_starts_at, ..
+        } => {
+            let mut notice = base(NotificationKind::Rescheduled);
+            notice.previous_starts_at = Some(*previous_starts_at);
+            notify(Recipient::Patient, notice.clone(), plan);
+            notify(Recipient::Provider, notice, plan);
+            // Timers follow the new start: the old ones go, new ones come.
+            plan.cancel(&id, JobKind::Reminder);
+            plan.cancel(&id, JobKind::Deadline);
+            match after.status {
+                Status::Requested => {
+                    let booked = before.updated_at.unwrap_or(context.now);
+                    let due =
+                        (booked + chrono_duration(context.config.accept_deadline)).min(starts_at);
+                    plan.queue(deadline_job(context, ExpiryCause::NotAcceptedInTime, due));
+                }
+                Status::Accepted if after.payment != PaymentStatus::Paid => {
+                    plan.queue(deadline_job(context, ExpiryCause::UnpaidAtStart, starts_at));
+                }
+                _ => {}
+            }
+        }
+        E::Cancelled { by, .. } => {
+            let mut notice = base(NotificationKind::Cancelled);
+            notice.cancelled_by = Some(
+                match by {
+                    Canceller::Patient => "patient",
+                    Canceller::Provider => "provider",
+                    Canceller::Admin => "clinic",
+                }
+                .to_owned(),
+            );
+            notify(Recipient::Patient, notice.clone(), plan);
+            notify(Recipient::Provider, notice, plan);
+        }
+        E::Expired { cause, .. } => {
+            let mut notice = base(NotificationKind::Expired);
+            notice.expiry = Some(
+                match cause {
+                    ExpiryCause::NotAcceptedInTime => "not_accepted",
+                    ExpiryCause::UnpaidAtStart => "unpaid",
+                }
+                .to_owned(),
+            );
+            notify(Recipient::Patient, notice, plan);
+        }
+        _ => {}
+    }
+    if matches!(
+        after.status,
+        Status::Declined | Status::Cancelled | Status::Expired
+    ) && before.status != after.status
+    {
+        plan.cancel(&id, JobKind::Reminder);
+        plan.cancel(&id, JobKind::Deadline);
+    }
+    let confirmed_now = after.status == Status::Confirmed
+        && (before.status != Status::Confirmed || matches!(event, E::Rescheduled { .. }));
+    if confirmed_now {
+        plan.cancel(&id, JobKind::Deadline);
+        reminder_jobs(context, starts_at, plan);
+    }
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The event-specific facts of a notification.
+#[derive(Debug, Clone)]
+pub(crate) struct Notice {
+    pub kind: NotificationKind,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub previous_starts_at: Option<DateTime<Utc>>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub refund: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub expiry: Option<String>,
+    /// Offset, whether it is the last reminder, by email, by text.
+    pub reminder: Option<(Duration, bool, bool, bool)>,
+}
+
+fn deadline_job(context: &Context<'_>, cause: ExpiryCause, due: DateTime<Utc>) -> NewJob {
+    let tag = match cause {
+        ExpiryCause::NotAcceptedInTime => "accept",
+        ExpiryCause::UnpaidAtStart => "payment",
+    };
+    NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        key: format!("deadline:{}:{tag}:{}", context.id, millis(due)),
+        kind: JobKind::Deadline,
+        consultation_id: context.id.to_owned(),
+        payload: serde_json::json!(DeadlinePayload { cause, due_at: due }),
+        due_at_ms: millis(due),
+        max_attempts: context.config.max_attempts,
+    }
+}
+
+fn reminder_jobs(context: &Context<'_>, starts_at: DateTime<Utc>, plan: &mut Plan) {
+    let last = context.config.reminders.iter().map(|r| r.offset).min();
+    for spec in &context.config.reminders {
+        let due = starts_at - chrono_duration(spec.offset);
+        if due <= context.now {
+            // Too late for this one already.
+            continue;
+        }
+        let payload = ReminderPayload {
+            offset_secs: spec.offset.as_secs(),
+            is_final: Some(spec.offset) == last,
+            email: spec.email,
+            text: spec.text,
+            starts_at,
+        };
+        plan.queue(NewJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            key: format!(
+                "reminder:{}:{}:{}",
+                context.id,
+                spec.offset.as_secs(),
+                millis(starts_at)
+            ),
+            kind: JobKind::Reminder,
+            consultation_id: context.id.to_owned(),
+            payload: serde_json::json!(payload),
+            due_at_ms: millis(due),
+            max_attempts: context.config.max_attempts,
+        });
+    }
+}
+
+/// One notify job per channel the recipient can be reached on.
+fn notify_jobs(
+    context: &Context<'_>,
+    state: &Consultation,
+    provider: Option<&ProviderProfile>,
+    to: Recipient,
+    notice: &Notice,
+    key: &str,
+) -> Vec<NewJob> {
+    let Some(booking) = state.booking.as_ref() else {
+        return Vec::new();
+    };
+    let provider_name = provider.map_or_else(String::new, |p| p.name.as_str().to_owned());
+    // Where the recipient can be reached, and in which time zone.
+    let (email, phone, whatsapp, timezone) = match to {
+        Recipient::Patient => (
+            booking
+                .contact
+                .email
+                .as_ref()
+                .map(|e| e.as_str().to_owned()),
+            booking
+                .contact
+                .phone
+                .as_ref()
+                .map(|p| p.as_str().to_owned()),
+            booking.contact.whatsapp,
+            booking.timezone.name().to_owned(),
+        ),
+        Recipient::Provider => match provider {
+            Some(p) => (
+                Some(p.email.as_str().to_owned()),
+                Some(p.phone.as_str().to_owned()),
+                false,
+                p.timezone.name().to_owned(),
+            ),
+            None => {
+                tracing::warn!(consultation = context.id, "provider unknown: not notified");
+                return Vec::new();
+            }
+        },
+    };
+    let (want_email, want_text) = match notice.reminder {
+        Some((_, _, email, text)) => (email, text),
+        None => (true, true),
+    };
+    let mut targets = Vec::new();
+    if want_email {
+        if let Some(email) = email {
+            targets.push((ChannelKind::Email, email));
+        }
+    }
+    if want_text {
+        if let Some(phone) = phone {
+            let channel = if whatsapp {
+                ChannelKind::Whatsapp
+            } else {
+                ChannelKind::Sms
+            };
+            targets.push((channel, phone));
+        }
+    }
+    targets
+        .into_iter()
+        .map(|(channel, address)| {
+            let payload = NotifyPayload {
+                recipient: to,
+                kind: notice.kind,
+                channel,
+                to: address,
+                timezone: timezone.clone(),
+                provider_name: provider_name.clone(),
+                mode: booking.mode.as_str().to_owned(),
+                starts_at: notice.starts_at,
+                ends_at: notice.ends_at,
+                previous_starts_at: notice.previous_starts_at,
+                amount_minor: notice.amount_minor,
+                currency: notice.currency.clone(),
+                refund: notice.refund.clone(),
+                cancelled_by: notice.cancelled_by.clone(),
+                expiry: notice.expiry.clone(),
+                reminder_offset_secs: notice.reminder.map(|r| r.0.as_secs()),
+                reminder_is_final: notice.reminder.is_some_and(|r| r.1),
+            };
+            NewJob {
+                id: uuid::Uuid::new_v4().to_string(),
+                key: format!("{key}:{}:{}", to.as_str(), channel.as_str()),
+                kind: JobKind::Notify,
+                consultation_id: context.id.to_owned(),
+                payload: serde_json::json!(payload),
+                due_at_ms: millis(context.now),
+                max_attempts: context.config.max_attempts,
+            }
+        })
+        .collect()
+}
+
+/// The jobs a reminder timer queues when it fires: the reminder's sends to both parties.
+pub(crate) fn reminder_sends(
+    config: &ReactorConfig,
+    id: &str,
+    state: &Consultation,
+    provider: Option<&ProviderProfile>,
+    reminder: &ReminderPayload,
+    now: DateTime<Utc>,
+) -> Vec<NewJob> {
+    let (Some(starts_at), Some(ends_at)) = (state.starts_at(), state.ends_at()) else {
+        return Vec::new();
+    };
+    let context = Context {
+        config,
+        id,
+        sequence: 0,
+        now,
+    };
+    let notice = Notice {
+        kind: NotificationKind::Reminder,
+        starts_at,
+        ends_at,
+        previous_starts_at: None,
+        amount_minor: None,
+        currency: None,
+        refund: None,
+        cancelled_by: None,
+        expiry: None,
+        reminder: Some((
+            Duration::from_secs(reminder.offset_secs),
+            reminder.is_final,
+            reminder.email,
+            reminder.text,
+        )),
+    };
+    let key = format!(
+        "{id}:reminder:{}:{}:notify",
+        reminder.offset_secs,
+        millis(reminder.starts_at)
+    );
+    let mut jobs = notify_jobs(&context, state, provider, Recipient::Patient, &notice, &key);
+    jobs.extend(notify_jobs(
+        &context,
+        state,
+        provider,
+        Recipient::Provider,
+        &notice,
+        &key,
+    ));
+    jobs
+}
+
+/// Loads what a timer needs: the consultation now and its provider's profile.
+pub(crate) async fn load_for_timer(
+    tx: &mut Tx<'_>,
+    id: &str,
+) -> Result<(Consultation, Option<ProviderProfile>), HandlerError> {
+    let state = state_before(tx, id, i64::MAX).await?;
+    let provider_id = state
+        .booking
+        .as_ref()
+        .map(|b| b.provider_id.as_str().to_owned())
+        .unwrap_or_default();
+    let provider = provider_profile(tx, &provider_id).await?;
+    Ok((state, provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reminders_parse_with_channels_and_refuse_nonsense() {
+        let specs = parse_reminders("24h:email,1h:sms,15m:sms+email").expect("default");
+        assert_eq!(
+            specs,
+            vec![
+                ReminderSpec {
+                    offset: Duration::from_secs(86_400),
+                    email: true,
+                    text: false
+                },
+                ReminderSpec {
+                    offset: Duration::from_secs(3600),
+                    email: false,
+                    text: true
+                },
+                ReminderSpec {
+                    offset: Duration::from_secs(900),
+                    email: true,
+                    text: true
+                },
+            ]
+        );
+        assert_eq!(
+            parse_reminders("5s:email").expect("seconds")[0].offset,
+            Duration::from_secs(5)
+        );
+        assert!(parse_reminders("24x:email").is_err());
+        assert!(parse_reminders("24h:pigeon").is_err());
+        assert!(parse_reminders("24h").is_err());
+        assert!(parse_reminders("0m:email").is_err());
+    }
+
+    #[test]
+    fn recipient_keys_ignore_case_and_spaces() {
+        assert_eq!(
+            recipient_key("Jane@Example.org "),
+            recipient_key("jane@example.org")
+        );
+        assert_ne!(
+            recipient_key("a@example.org"),
+            recipient_key("b@example.org")
+        );
+    }
+}

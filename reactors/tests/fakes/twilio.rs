@@ -1,0 +1,425 @@
+//! A strict stand-in for Twilio's Messages API on 127.0.0.1.
+//!
+//! It checks each `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` the way Twilio does
+//! (account SID in the path, Basic auth, form content type, `To`/`From`/`Body`/`StatusCallback`
+//! well-formed) and answers like Twilio: `201` with a message resource on success, a Twilio
+//! error JSON (`{"code", "message", "more_info", "status"}`) with 400/401/404/415 otherwise.
+//! Every request is recorded, valid or not, so tests can check what arrived.
+//!
+//! It can also be told to misbehave ([`TwilioBehavior`]) to exercise error handling.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use consult_reactors::channels::twilio::TwilioConfig;
+use secrecy::SecretString;
+use serde_json::json;
+
+/// Account SID the fake expects unless started with [`TwilioFake::start_with`].
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
+/// Auth Token the fake expects unless started with [`TwilioFake::start_with`].
+pub const AUTH_TOKEN: &str = "fake-auth-token-0123456789abcdef";
+/// SMS sender used by [`TwilioFake::config`].
+pub const FROM_SMS: &str = "+15005550006";
+/// WhatsApp sender used by [`TwilioFake::config`].
+pub const FROM_WHATSAPP: &str = "+14155238886";
+/// Status callback used by [`TwilioFake::config`].
+pub const STATUS_CALLBACK: &str = "https://consult.example/v1/webhooks/twilio/messages";
+
+/// How the fake answers requests that pass validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwilioBehavior {
+    /// `201 Created` with a message resource (the default).
+    Accept,
+    /// Answer with this status and a Twilio error body (e.g. 500, 503, 429).
+    Fail(u16),
+    /// Wait this long before accepting (to outlast the client's timeout).
+    Hang(Duration),
+    /// Answer with a Twilio error: HTTP status, Twilio error code, message.
+    Reject {
+        status: u16,
+        code: u32,
+        message: String,
+    },
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    /// The request path, e.g. `/2010-04-01/Accounts/AC…/Messages.json`.
+    pub path: String,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// Whether the Basic auth header matched the expected account SID and Auth Token.
+    pub auth_ok: bool,
+    /// The decoded form fields, in the order they were sent.
+    pub form: Vec<(String, String)>,
+    /// The HTTP status the fake answered.
+    pub status: u16,
+    /// The `sid` handed out, for accepted messages.
+    pub sid: Option<String>,
+}
+
+impl ReceivedRequest {
+    /// The first value of form field `name`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    account_sid: String,
+    auth_token: String,
+    behavior: Mutex<TwilioBehavior>,
+    requests: Mutex<Vec<ReceivedRequest>>,
+}
+
+/// A running fake; the server stops when the test's runtime ends.
+#[derive(Debug, Clone)]
+pub struct TwilioFake {
+    /// `http://127.0.0.1:<port>`, to use as `api_base`.
+    pub base_url: String,
+    shared: Arc<Shared>,
+}
+
+impl TwilioFake {
+    /// Starts a fake expecting [`ACCOUNT_SID`] and [`AUTH_TOKEN`].
+    pub async fn start() -> Self {
+        Self::start_with(ACCOUNT_SID, AUTH_TOKEN).await
+    }
+
+    /// Starts a fake expecting the given credentials.
+    pub async fn start_with(account_sid: &str, auth_token: &str) -> Self {
+        let shared = Arc::new(Shared {
+            account_sid: account_sid.to_owned(),
+            auth_token: auth_token.to_owned(),
+            behavior: Mutex::new(TwilioBehavior::Accept),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route(
+                "/2010-04-01/Accounts/{sid}/Messages.json",
+                post(create_message),
+            )
+            .fallback(not_found)
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Twilio fake");
+        let address = listener.local_addr().expect("fake's local address");
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("Twilio fake server");
+        });
+        Self {
+            base_url: format!("http://{address}"),
+            shared,
+        }
+    }
+
+    /// A channel configuration pointing at this fake, with both senders and a status callback.
+    pub fn config(&self) -> TwilioConfig {
+        TwilioConfig {
+            api_base: self.base_url.clone(),
+            account_sid: self.shared.account_sid.clone(),
+            auth_token: SecretString::from(self.shared.auth_token.clone()),
+            from_sms: Some(FROM_SMS.to_owned()),
+            from_whatsapp: Some(FROM_WHATSAPP.to_owned()),
+            status_callback: Some(STATUS_CALLBACK.to_owned()),
+        }
+    }
+
+    /// The path messages must be posted to.
+    pub fn messages_path(&self) -> String {
+        format!(
+            "/2010-04-01/Accounts/{}/Messages.json",
+            self.shared.account_sid
+        )
+    }
+
+    /// Changes how subsequent valid requests are answered.
+    pub fn set_behavior(&self, behavior: TwilioBehavior) {
+        *self.shared.behavior.lock().expect("behavior lock") = behavior;
+    }
+
+    /// Everything received so far, oldest first.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.shared.requests.lock().expect("requests lock").clone()
+    }
+
+    /// The requests the fake accepted (answered 201).
+    pub fn accepted(&self) -> Vec<ReceivedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|request| request.status == 201)
+            .collect()
+    }
+}
+
+async fn not_found() -> Response {
+    twilio_error(404, 20404, "The requested resource was not found")
+}
+
+async fn create_message(
+    State(shared): State<Arc<Shared>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let auth_ok = basic_auth_matches(&headers, &shared.account_sid, &shared.auth_token);
+    let form = std::str::from_utf8(&body).ok().and_then(parse_form);
+    let mut received = ReceivedRequest {
+        path: format!("/2010-04-01/Accounts/{sid}/Messages.json"),
+        content_type: content_type.clone(),
+        auth_ok,
+        form: form.clone().unwrap_or_default(),
+        status: 0,
+        sid: None,
+    };
+
+    let behavior = shared.behavior.lock().expect("behavior lock").clone();
+    let outcome = check(
+        &shared,
+        &sid,
+        auth_ok,
+        content_type.as_deref(),
+        form.as_deref(),
+    );
+    let response = match outcome {
+        Err(refusal) => twilio_error(refusal.status, refusal.code, &refusal.message),
+        Ok(()) => match behavior {
+            TwilioBehavior::Accept => accept(&mut received),
+            TwilioBehavior::Hang(delay) => {
+                tokio::time::sleep(delay).await;
+                accept(&mut received)
+            }
+            TwilioBehavior::Fail(status) => twilio_error(status, 20500, "Internal Server Error"),
+            TwilioBehavior::Reject {
+                status,
+                code,
+                message,
+            } => twilio_error(status, code, &message),
+        },
+    };
+    received.status = response.status().as_u16();
+    shared
+        .requests
+        .lock()
+        .expect("requests lock")
+        .push(received);
+    response
+}
+
+/// Why the fake refuses a request: HTTP status, Twilio error code, message.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    code: u32,
+    message: String,
+}
+
+fn refuse(status: u16, code: u32, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Twilio's own checks, in roughly the order Twilio applies them.
+fn check(
+    shared: &Shared,
+    sid: &str,
+    auth_ok: bool,
+    content_type: Option<&str>,
+    form: Option<&[(String, String)]>,
+) -> Result<(), Refusal> {
+    if !auth_ok {
+        return Err(refuse(401, 20003, "Authenticate"));
+    }
+    if sid != shared.account_sid {
+        return Err(refuse(404, 20404, "The requested resource was not found"));
+    }
+    let is_form = content_type.is_some_and(|value| {
+        value.split(';').next().is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+    });
+    if !is_form {
+        return Err(refuse(415, 20415, "Unsupported Media Type"));
+    }
+    let Some(form) = form else {
+        return Err(refuse(400, 20001, "Malformed form body"));
+    };
+    let single = |name: &str| -> Result<Option<&str>, Refusal> {
+        let mut values = form.iter().filter(|(key, _)| key == name);
+        let first = values.next().map(|(_, value)| value.as_str());
+        if values.next().is_some() {
+            return Err(refuse(400, 20001, format!("Duplicate parameter {name}")));
+        }
+        Ok(first)
+    };
+
+    let to = single("To")?.ok_or_else(|| refuse(400, 21604, "A 'To' phone number is required."))?;
+    let from =
+        single("From")?.ok_or_else(|| refuse(400, 21603, "A 'From' phone number is required."))?;
+    let (to_whatsapp, to_number) = split_channel(to);
+    let (from_whatsapp, from_number) = split_channel(from);
+    if !is_e164(to_number) {
+        return Err(refuse(
+            400,
+            21211,
+            format!("The 'To' number {to} is not a valid phone number."),
+        ));
+    }
+    if !is_e164(from_number) {
+        return Err(refuse(
+            400,
+            21212,
+            format!("The 'From' number {from} is not a valid phone number."),
+        ));
+    }
+    if to_whatsapp != from_whatsapp {
+        return Err(refuse(
+            400,
+            21910,
+            "Invalid From and To pair. From and To should be of the same channel",
+        ));
+    }
+    match single("Body")? {
+        None | Some("") => {
+            return Err(refuse(400, 21602, "Message body is required."));
+        }
+        Some(body) if body.chars().count() > 1600 => {
+            return Err(refuse(
+                400,
+                21617,
+                "The concatenated message body exceeds the 1600 character limit.",
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(callback) = single("StatusCallback")? {
+        let absolute = (callback.starts_with("https://") || callback.starts_with("http://"))
+            && !callback.contains(char::is_whitespace);
+        if !absolute {
+            return Err(refuse(400, 21609, "Invalid StatusCallback url"));
+        }
+    }
+    Ok(())
+}
+
+fn accept(received: &mut ReceivedRequest) -> Response {
+    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+    received.sid = Some(sid.clone());
+    let field = |name: &str| received.field(name).unwrap_or_default().to_owned();
+    let body = json!({
+        "sid": sid,
+        "account_sid": received.path.split('/').nth(3).unwrap_or_default(),
+        "messaging_service_sid": null,
+        "from": field("From"),
+        "to": field("To"),
+        "body": field("Body"),
+        "status": "queued",
+        "direction": "outbound-api",
+        "num_segments": "1",
+        "num_media": "0",
+        "error_code": null,
+        "error_message": null,
+        "price": null,
+        "price_unit": "USD",
+        "api_version": "2010-04-01",
+        "uri": format!("{}/{sid}.json", received.path.trim_end_matches(".json")),
+    });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+fn twilio_error(status: u16, code: u32, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status.as_u16(),
+    });
+    (status, Json(body)).into_response()
+}
+
+fn basic_auth_matches(headers: &HeaderMap, user: &str, password: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .is_some_and(|decoded| decoded == format!("{user}:{password}"))
+}
+
+fn split_channel(address: &str) -> (bool, &str) {
+    match address.strip_prefix("whatsapp:") {
+        Some(number) => (true, number),
+        None => (false, address),
+    }
+}
+
+fn is_e164(number: &str) -> bool {
+    number.strip_prefix('+').is_some_and(|digits| {
+        (2..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
+}
+
+/// Decodes `application/x-www-form-urlencoded`; `None` if malformed.
+pub fn parse_form(body: &str) -> Option<Vec<(String, String)>> {
+    body.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode_component(name)?, decode_component(value)?))
+        })
+        .collect()
+}
+
+fn decode_component(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut input = text.bytes();
+    while let Some(byte) = input.next() {
+        match byte {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let high = (input.next()? as char).to_digit(16)?;
+                let low = (input.next()? as char).to_digit(16)?;
+                bytes.push(u8::try_from(high * 16 + low).ok()?);
+            }
+            other => bytes.push(other),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
