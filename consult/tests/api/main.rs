@@ -4,6 +4,7 @@ mod helpers;
 
 mod bad_input;
 mod concurrency;
+mod delivery;
 mod lifecycle;
 mod notifications;
 mod privacy;
