@@ -309,3 +309,172 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
         .await;
     assert_eq!(theirs.status(), StatusCode::FORBIDDEN);
 }
+
+/// A worker killed with -9 while its sends hang at Twilio: once another worker runs and the
+/// dead one's job locks have run out, every notification is sent. A message is sent twice only
+/// if it was in flight at the kill (at least once, never lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_dispatch_loses_no_notification() {
+    use consult_domain::{
+        Booking, BoundedText, Consultation, ConsultationCommand, ConsultationError, Contact,
+        DurationMinutes, EmailAddress, Mode, PatientId, PhoneNumber, Provider, ProviderCommand,
+        ProviderError, ProviderId, ProviderProfile, StartTime, TimeZone,
+    };
+    use consult_store::{Metadata, Store, StoreOptions};
+    use fakes::twilio::ACCOUNT_SID;
+
+    let Some(db) = crate::helpers::TestDb::fresh(Backend::Postgres).await else {
+        return;
+    };
+    let _guard = crate::helpers::DbGuard(db.clone());
+    let store = Store::connect(&StoreOptions::new(db.url.clone()))
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let twilio = TwilioFake::start().await;
+    twilio.set_behavior(TwilioBehavior::Hang(Duration::from_secs(3)));
+    let worker = |n: u32| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_consult"))
+            .arg("serve")
+            .env("ROLES", "workers")
+            .env("DATABASE_URL", &db.url)
+            .env("DATA_DIR", db.data_dir.join(format!("worker-{n}")))
+            .env("SUBSCRIPTION_LEASE", "2s")
+            .env("JOB_LEASE", "2s")
+            .env(
+                "AUTH_JWT_SECRET",
+                "worker-test-secret-that-is-long-enough-0",
+            )
+            .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+            .env("TWILIO_FROM_SMS", FROM_SMS)
+            .env("TWILIO_API_BASE", &twilio.base_url)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a worker process")
+    };
+    let mut first = worker(1);
+
+    let metadata = Metadata {
+        actor_id: "test".into(),
+        actor_role: "system".into(),
+        correlation_id: "kill".into(),
+        causation_id: "kill".into(),
+        request_id: String::new(),
+    };
+    let profile = ProviderProfile {
+        id: ProviderId::parse("prov-1").expect("id"),
+        name: BoundedText::parse("Dr. Grace Hopper", 200).expect("name"),
+        phone: PhoneNumber::parse("+14155550100").expect("phone"),
+        email: EmailAddress::parse("grace@example.org").expect("email"),
+        timezone: TimeZone::parse("America/New_York").expect("tz"),
+    };
+    store
+        .execute::<Provider, ProviderError, _>("prov-1", &metadata, None, |p| {
+            p.decide(ProviderCommand::Register {
+                profile: profile.clone(),
+                at: chrono::Utc::now(),
+            })
+        })
+        .await
+        .expect("provider");
+    // Eight bookings at distinct hours: eight distinct SMS bodies to the provider.
+    const BOOKINGS: usize = 8;
+    for n in 0..BOOKINGS {
+        let id = uuid::Uuid::new_v4();
+        let now = chrono::Utc::now();
+        let booking = Booking {
+            consultation_id: id,
+            patient_id: PatientId::parse(&format!("pat-{n}")).expect("patient"),
+            provider_id: ProviderId::parse("prov-1").expect("provider"),
+            starts_at: StartTime::parse(now + chrono::Duration::hours(30 + n as i64), now)
+                .expect("start"),
+            duration: DurationMinutes::parse(30).expect("duration"),
+            mode: Mode::Video,
+            timezone: TimeZone::parse("Europe/Paris").expect("tz"),
+            contact: Contact::new(
+                None,
+                Some(EmailAddress::parse("patient@example.org").expect("email")),
+                false,
+            )
+            .expect("contact"),
+            reason: None,
+        };
+        store
+            .execute::<Consultation, ConsultationError, _>(&id.to_string(), &metadata, None, |c| {
+                c.decide(ConsultationCommand::Book {
+                    booking: booking.clone(),
+                    at: now,
+                })
+            })
+            .await
+            .expect("booked");
+    }
+    store.wake_subscribers();
+    sqlx::query("SELECT pg_notify('consult_events', '')")
+        .execute(match store.db() {
+            consult_store::Db::Postgres(pool) => pool,
+            consult_store::Db::Sqlite(_) => unreachable!("PostgreSQL"),
+        })
+        .await
+        .expect("notify");
+
+    // Sends hang at Twilio; kill the worker while they are in flight.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            !twilio.arrivals().is_empty()
+        })
+        .await,
+        "the first worker starts sending"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.start_kill().expect("kill -9");
+    let _ = first.wait().await;
+    let in_flight = twilio.arrivals().len();
+    assert!(
+        twilio.accepted().is_empty(),
+        "nothing was answered before the kill"
+    );
+
+    twilio.set_behavior(TwilioBehavior::Accept);
+    let _second = worker(2);
+    let sent = || async {
+        db.scalar("SELECT count(*) FROM notification_log WHERE status = 'sent'")
+            .await
+    };
+    let total = || async { db.scalar("SELECT count(*) FROM notification_log").await };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            total().await == BOOKINGS as i64 * 2 && sent().await == BOOKINGS as i64 * 2
+        })
+        .await,
+        "every notification is sent after the restart: {} of {}",
+        sent().await,
+        total().await
+    );
+    let arrivals = twilio.arrivals();
+    let mut per_body: std::collections::HashMap<String, usize> = Default::default();
+    for form in &arrivals {
+        let body = form
+            .iter()
+            .find(|(k, _)| k == "Body")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        *per_body.entry(body).or_default() += 1;
+    }
+    assert_eq!(per_body.len(), BOOKINGS, "every booking's SMS arrived");
+    let twice = per_body.values().filter(|n| **n == 2).count();
+    assert!(per_body.values().all(|n| *n <= 2), "{per_body:?}");
+    assert!(
+        twice <= in_flight,
+        "only messages in flight at the kill went twice ({twice} > {in_flight})"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jobs WHERE status <> 'done' AND kind = 'notify'")
+            .await,
+        0
+    );
+    store.close().await;
+}

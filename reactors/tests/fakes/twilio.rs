@@ -84,6 +84,9 @@ struct Shared {
     auth_token: String,
     behavior: Mutex<TwilioBehavior>,
     requests: Mutex<Vec<ReceivedRequest>>,
+    /// The form of every request as it arrived, before it was answered (a client that dies
+    /// while waiting for the answer still counts here).
+    arrivals: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 /// A running fake; the server stops when the test's runtime ends.
@@ -107,6 +110,7 @@ impl TwilioFake {
             auth_token: auth_token.to_owned(),
             behavior: Mutex::new(TwilioBehavior::Accept),
             requests: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route(
@@ -160,6 +164,11 @@ impl TwilioFake {
         self.shared.requests.lock().expect("requests lock").clone()
     }
 
+    /// The form fields of every request that arrived, answered or not, oldest first.
+    pub fn arrivals(&self) -> Vec<Vec<(String, String)>> {
+        self.shared.arrivals.lock().expect("arrivals lock").clone()
+    }
+
     /// The requests the fake accepted (answered 201).
     pub fn accepted(&self) -> Vec<ReceivedRequest> {
         self.requests()
@@ -185,6 +194,11 @@ async fn create_message(
         .map(str::to_owned);
     let auth_ok = basic_auth_matches(&headers, &shared.account_sid, &shared.auth_token);
     let form = std::str::from_utf8(&body).ok().and_then(parse_form);
+    shared
+        .arrivals
+        .lock()
+        .expect("arrivals lock")
+        .push(form.clone().unwrap_or_default());
     let mut received = ReceivedRequest {
         path: format!("/2010-04-01/Accounts/{sid}/Messages.json"),
         content_type: content_type.clone(),
