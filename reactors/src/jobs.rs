@@ -271,8 +271,9 @@ pub async fn retry_dead(store: &Store, id: &str, now_ms: i64) -> Result<Option<J
     }))
 }
 
-/// Counts of jobs by status, for `/metrics`.
-pub async fn counts(store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
-    const SQL: &str = "SELECT status, count(*) FROM jobs GROUP BY status ORDER BY status";
+/// Counts of jobs by kind and status, for `/metrics`.
+pub async fn counts(store: &Store) -> Result<Vec<(String, String, i64)>, StoreError> {
+    const SQL: &str =
+        "SELECT kind, status, count(*) FROM jobs GROUP BY kind, status ORDER BY kind, status";
     Ok(with_pool!(store.db(), pool => sqlx::query_as(SQL).fetch_all(pool).await?))
 }

@@ -149,6 +149,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
             );
         }
     }
+    let _ = writeln!(
+        text,
+        "# HELP consult_jobs Jobs (notifications, reminders, deadlines) by kind and status."
+    );
+    let _ = writeln!(text, "# TYPE consult_jobs gauge");
+    for (kind, status, count) in consult_reactors::jobs::counts(&state.store).await? {
+        let _ = writeln!(
+            text,
+            "consult_jobs{{kind=\"{kind}\",status=\"{status}\"}} {count}"
+        );
+    }
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

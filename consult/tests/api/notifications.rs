@@ -272,6 +272,22 @@ async fn every_step_tells_the_right_party_once(backend: Backend) {
         "nothing sent again"
     );
     assert_eq!(notifications(&app, &id).await.len(), expected.len());
+
+    // Job outcomes are on /metrics.
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let done = format!(
+        "consult_jobs{{kind=\"notify\",status=\"done\"}} {}",
+        expected.len()
+    );
+    assert!(text.lines().any(|line| line == done), "{done} in:\n{text}");
 }
 
 /// Reminders a few seconds apart: a confirmed consultation gets each reminder once on each
