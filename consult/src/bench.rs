@@ -29,8 +29,8 @@ pub struct BenchArgs {
     /// Keep the scratch database afterwards.
     #[arg(long)]
     keep: bool,
-    /// Scenarios to run, comma-separated: commands, freshness, rebuild.
-    #[arg(long, default_value = "commands,freshness,rebuild")]
+    /// Scenarios to run, comma-separated: commands, freshness, notifications, rebuild.
+    #[arg(long, default_value = "commands,freshness,notifications,rebuild")]
     scenarios: String,
     /// Events in the store for the rebuild scenario (4 per consultation).
     #[arg(long, default_value_t = 1_000_000)]
@@ -38,9 +38,12 @@ pub struct BenchArgs {
     /// What the engine process runs while commands are measured (ROLES).
     #[arg(long, default_value = "api,workers")]
     engine_roles: String,
-    /// Background command rate of the freshness scenario, per second.
+    /// Background command rate of the freshness and notifications scenarios, per second.
     #[arg(long, default_value_t = 500)]
     freshness_load: u32,
+    /// Jobs queued at once for the dispatch-rate measurement of the notifications scenario.
+    #[arg(long, default_value_t = 20_000)]
+    dispatch_jobs: u32,
 }
 
 /// Which scenarios a run includes.
@@ -48,6 +51,7 @@ pub struct BenchArgs {
 struct Scenarios {
     commands: bool,
     freshness: bool,
+    notifications: bool,
     rebuild: bool,
 }
 
@@ -56,16 +60,18 @@ impl Scenarios {
         let mut scenarios = Self {
             commands: false,
             freshness: false,
+            notifications: false,
             rebuild: false,
         };
         for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
                 "commands" => scenarios.commands = true,
                 "freshness" => scenarios.freshness = true,
+                "notifications" => scenarios.notifications = true,
                 "rebuild" => scenarios.rebuild = true,
                 other => {
                     return Err(format!(
-                        "unknown scenario {other}: commands, freshness, rebuild"
+                        "unknown scenario {other}: commands, freshness, notifications, rebuild"
                     ))
                 }
             }
@@ -144,8 +150,16 @@ async fn run_on(
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         probe.local_addr()?.port()
     };
+    // Text messages go to a Twilio stand-in in this process that answers at once and notes when
+    // each request arrived.
+    let twilio = crate::bench_twilio::TwilioStandIn::start().await?;
     let mut engine = Command::new(std::env::current_exe()?)
         .arg("serve")
+        .env("TWILIO_ACCOUNT_SID", crate::bench_twilio::ACCOUNT_SID)
+        .env("TWILIO_AUTH_TOKEN", crate::bench_twilio::AUTH_TOKEN)
+        .env("TWILIO_FROM_SMS", "+15005550006")
+        .env("TWILIO_API_BASE", &twilio.base_url)
+        .env("NOTIFY_FLOOD_LIMIT", "1000000/1h")
         .env("DATABASE_URL", url)
         .env("DATA_DIR", &data_dir)
         .env("BIND", format!("127.0.0.1:{port}"))
@@ -199,6 +213,19 @@ async fn run_on(
             &token,
             &admin,
             args.freshness_load,
+            duration,
+        )
+        .await?;
+    }
+    if scenarios.notifications {
+        notifications(
+            url,
+            &client,
+            &address,
+            &token,
+            &twilio,
+            args.freshness_load,
+            args.dispatch_jobs,
             duration,
         )
         .await?;
@@ -514,6 +541,204 @@ async fn freshness(
         probe.percentile_ms(99.0),
         probe.ops,
         probe.errors,
+    );
+    Ok(())
+}
+
+/// Commit-to-provider latency of a notification under background load, and the dispatch rate
+/// of a burst of queued jobs against a provider that answers at once.
+#[allow(clippy::too_many_arguments)]
+async fn notifications(
+    url: &str,
+    client: &reqwest::Client,
+    address: &str,
+    token: &impl Fn(Role, &str) -> String,
+    twilio: &crate::bench_twilio::TwilioStandIn,
+    load: u32,
+    jobs: u32,
+    duration: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const LOADERS: usize = 8;
+    let per_loader = f64::from(load.max(1)) / 2.0 / LOADERS as f64;
+    let pace = Duration::from_secs_f64(1.0 / per_loader);
+    let background = {
+        let client = client.clone();
+        let address = address.to_owned();
+        let tokens: Vec<(String, String)> = (0..LOADERS)
+            .map(|c| {
+                (
+                    token(Role::Patient, &format!("bench-pat-{c}")),
+                    token(Role::Provider, &format!("bench-prov-{c}")),
+                )
+            })
+            .collect();
+        let mint = move |role: Role, sub: &str| -> String {
+            let c: usize = sub
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            match role {
+                Role::Patient => tokens[c].0.clone(),
+                _ => tokens[c].1.clone(),
+            }
+        };
+        tokio::spawn(async move {
+            drive(
+                &client,
+                &address,
+                &mint,
+                LOADERS,
+                duration,
+                80_000_000,
+                Some(pace),
+            )
+            .await
+        })
+    };
+    // Each probe books with a provider of its own, so the provider's SMS is told apart by its
+    // number. Latency is measured from the moment the booking request is sent (before its
+    // commit): an upper bound of commit → provider request.
+    let admin = token(Role::Admin, "bench-admin");
+    let patient = token(Role::Patient, "bench-notify-probe");
+    let started = Instant::now();
+    let base = chrono::Utc::now() + chrono::Duration::days(4000);
+    let mut latencies = Vec::new();
+    let mut misses = 0;
+    let mut n = 0u32;
+    while started.elapsed() < duration {
+        n += 1;
+        let provider = format!("bench-notify-{n}");
+        let phone = format!("+1777{n:07}");
+        let registered = client
+            .post(format!("{address}/v1/providers"))
+            .bearer_auth(&admin)
+            .json(
+                &json!({"id": provider, "name": "Bench Provider", "phone": phone,
+                "email": "bench@example.org", "timezone": "UTC"}),
+            )
+            .send()
+            .await?;
+        if !registered.status().is_success() {
+            misses += 1;
+            continue;
+        }
+        let starts_at = base + chrono::Duration::minutes(30 * i64::from(n));
+        let sent = Instant::now();
+        let booked = client
+            .post(format!("{address}/v1/consultations"))
+            .bearer_auth(&patient)
+            .json(&json!({"provider_id": provider,
+                "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
+                "duration_minutes": 30, "mode": "video", "timezone": "UTC",
+                "contact": {"email": "patient@example.org"}}))
+            .send()
+            .await?;
+        if !booked.status().is_success() {
+            misses += 1;
+            continue;
+        }
+        let arrived = loop {
+            if let Some(at) = twilio.arrival(&phone) {
+                break Some(at.saturating_duration_since(sent));
+            }
+            if sent.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        match arrived {
+            Some(latency) => latencies.push(latency),
+            None => misses += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load_sample = background.await?;
+    let mut probe = Sample {
+        ops: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+        errors: misses,
+    };
+    println!();
+    println!(
+        "notification latency (booking sent → provider's SMS request at the Twilio stand-in) under \
+         {:.0} commands/s background ({} errors): p50 {:.2} ms, p99 {:.2} ms over {} probes, {} missed",
+        load_sample.rate(),
+        load_sample.errors,
+        probe.percentile_ms(50.0),
+        probe.percentile_ms(99.0),
+        probe.ops,
+        probe.errors,
+    );
+
+    // Dispatch rate: `jobs` notifications queued at once, each to its own number.
+    let template = serde_json::to_string(&consult_reactors::reactor::NotifyPayload {
+        recipient: consult_reactors::messages::Recipient::Provider,
+        kind: consult_reactors::messages::NotificationKind::NewRequest,
+        channel: consult_reactors::channels::ChannelKind::Sms,
+        to: "+19990000000".to_owned(),
+        timezone: "UTC".to_owned(),
+        provider_name: "Bench Provider".to_owned(),
+        mode: "video".to_owned(),
+        starts_at: base,
+        ends_at: base + chrono::Duration::minutes(30),
+        previous_starts_at: None,
+        amount_minor: None,
+        currency: None,
+        refund: None,
+        cancelled_by: None,
+        expiry: None,
+        reminder_offset_secs: None,
+        reminder_is_final: false,
+    })?;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let before = twilio.count();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, due_at_ms, \
+                           max_attempts, created_at_ms, updated_at_ms) \
+         SELECT 'bench-job-' || g, 'bench-job-' || g, 'notify', 'bench-c-' || g, \
+                replace($1, '+19990000000', '+1888' || lpad(g::text, 7, '0'))::json, \
+                'pending', $2, 3, $2, $2 \
+           FROM generate_series(1, $3) AS g",
+    )
+    .bind(&template)
+    .bind(now_ms)
+    .bind(i64::from(jobs))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO notification_log (id, consultation_id, recipient_role, channel, kind, \
+                 recipient_masked, status, attempts, scheduled_for_ms, updated_at_ms, recipient_key) \
+         SELECT 'bench-job-' || g, 'bench-c-' || g, 'provider', 'sms', 'new_request', \
+                '+1888*****', 'pending', 0, $1, $1, md5('bench' || g) \
+           FROM generate_series(1, $2) AS g",
+    )
+    .bind(now_ms)
+    .bind(i64::from(jobs))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let queued = Instant::now();
+    let target = before + jobs as usize;
+    while twilio.count() < target {
+        if queued.elapsed() > Duration::from_secs(300) {
+            return Err("the queued jobs were not all dispatched within 5 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (first, last) = twilio.span_since(before).ok_or("no dispatch seen")?;
+    let span = last
+        .saturating_duration_since(first)
+        .as_secs_f64()
+        .max(1e-9);
+    println!(
+        "dispatch: {jobs} queued SMS jobs sent in {span:.2} s from the first request to the last: \
+         {:.0} jobs/s ({:.2} s after they were queued)",
+        f64::from(jobs.saturating_sub(1)) / span,
+        queued.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -11,6 +11,7 @@ use consult_store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod bench_twilio;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -143,6 +143,8 @@ pub struct Dispatcher {
 /// How one run of a job ended.
 enum Outcome {
     Done,
+    /// A notification went out, with the provider's id for it.
+    Sent(Option<String>),
     Retry(String),
     Dead(String),
 }
@@ -263,7 +265,7 @@ impl Dispatcher {
         let now = now_ms();
         let notify = kind == Some(JobKind::Notify);
         let (retry_at, error, status) = match &outcome {
-            Outcome::Done => (None, None, "sent"),
+            Outcome::Done | Outcome::Sent(_) => (None, None, "sent"),
             Outcome::Retry(error) if job.attempts < job.max_attempts => {
                 let delay = i64::try_from(self.backoff(job.attempts).as_millis()).unwrap_or(0);
                 (Some(now + delay), Some(error.as_str()), "failed")
@@ -271,7 +273,7 @@ impl Dispatcher {
             Outcome::Retry(error) | Outcome::Dead(error) => (None, Some(error.as_str()), "dead"),
         };
         match &outcome {
-            Outcome::Done => {}
+            Outcome::Done | Outcome::Sent(_) => {}
             _ if status == "dead" => {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = error.unwrap_or(""), "job dead-lettered")
             }
@@ -280,11 +282,30 @@ impl Dispatcher {
             }
         }
         in_tx!(self.store, tx => {
+            if let Tx::Postgres(conn) = tx {
+                // Losing this commit in a database crash only means the job runs again once
+                // its lock expires: within the at-least-once promise, and far cheaper.
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **conn).await?;
+            }
             let held = match error {
                 None => jobs::complete(tx, &job.id, &self.owner, now).await?,
                 Some(error) => jobs::fail(tx, &job.id, &self.owner, error, retry_at, now).await?,
             };
-            if held && notify && status != "sent" {
+            if let Outcome::Sent(provider_message_id) = &outcome {
+                const SQL: &str = "UPDATE notification_log SET status = 'sent', attempts = $2, \
+                                   provider_message_id = $3, sent_at_ms = $4, last_error = NULL, \
+                                   updated_at_ms = $4 WHERE id = $1";
+                with_tx!(tx, conn => {
+                    sqlx::query(SQL)
+                        .bind(&job.id)
+                        .bind(job.attempts)
+                        .bind(provider_message_id.as_deref())
+                        .bind(now)
+                        .execute(conn)
+                        .await
+                        .map(|_| ())?
+                });
+            } else if held && notify && status != "sent" {
                 const SQL: &str = "UPDATE notification_log SET status = $2, attempts = $3, \
                                    last_error = $4, updated_at_ms = $5 WHERE id = $1";
                 with_tx!(tx, conn => {
@@ -327,26 +348,8 @@ impl Dispatcher {
             Err(err) if err.retryable => return Outcome::Retry(err.message),
             Err(err) => return Outcome::Dead(err.message),
         };
-        // Recorded before the job is marked done, in its own statement: the send happened.
-        const SQL: &str = "UPDATE notification_log SET status = 'sent', attempts = $2, \
-                           provider_message_id = $3, sent_at_ms = $4, last_error = NULL, \
-                           updated_at_ms = $4 WHERE id = $1";
-        let now = now_ms();
-        let recorded = with_pool!(self.store.db(), pool => {
-            sqlx::query(SQL)
-                .bind(&job.id)
-                .bind(job.attempts)
-                .bind(sent.provider_message_id.as_deref())
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|_| ())
-        });
-        if let Err(err) = recorded {
-            tracing::error!(job = %job.id, %err, "sent, but cannot record it");
-        }
         tracing::info!(job = %job.id, consultation = %job.consultation_id, channel = %payload.channel, kind = payload.kind.as_str(), "notification sent");
-        Outcome::Done
+        Outcome::Sent(sent.provider_message_id)
     }
 
     /// Whether the recipient already got as many messages as the guard allows.
