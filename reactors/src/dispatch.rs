@@ -2,20 +2,27 @@
 //!
 //! A claimed job is `running` under this process's name until a lock runs out; if the process
 //! dies, another dispatcher claims it again once the lock has expired. A notification is
-//! therefore sent **at least once**: it is sent twice only if the process dies after the
-//! provider accepted the message and before the outcome committed (one round trip to the
-//! database), and then the second send happens once the lock (`lease`) has run out.
+//! therefore sent **at least once**. The outcomes of a claimed batch (up to 64 jobs, run
+//! concurrently) commit together once the batch has run; a message is sent twice only if the
+//! process dies (or that commit fails, or the database crashes before it reached disk) between
+//! the provider accepting it and that commit, and the second send happens once the lock
+//! (`lease`) has run out. The window is the duration of one batch: the slowest send in it plus
+//! one commit.
+//!
+//! The flood guard counts, per recipient, the messages sent within its window (one query per
+//! batch) plus those earlier in the batch; a message over the limit is dead-lettered unsent.
 //!
 //! Failures are retried with exponential backoff and full jitter, up to the job's
 //! `max_attempts`; then the job is dead-lettered and its notification marked `dead`. Errors the
 //! provider says are permanent (an invalid number, say) are dead-lettered at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use consult_domain::{Consultation, ConsultationCommand, ConsultationError, ExpiryCause, Status};
-use consult_store::{with_pool, with_tx, Db, HandlerError, Metadata, Store, StoreError, Tx};
+use consult_store::{with_tx, Db, HandlerError, Metadata, Store, StoreError, Tx};
 use tokio::sync::watch;
 
 use crate::channels::{Channel, ChannelKind, Message};
@@ -217,23 +224,107 @@ impl Dispatcher {
         )
         .await?;
         let count = claimed.len();
-        let runs = claimed.into_iter().map(|job| self.run_job(job));
-        futures_util::future::join_all(runs).await;
+        if count == 0 {
+            return Ok(0);
+        }
+        let allowed = match self.flood_allowance(&claimed).await {
+            Ok(allowed) => allowed,
+            Err(err) => {
+                // Nothing sent: the jobs run again once their locks run out.
+                tracing::warn!(error = %err, "flood guard unavailable; batch left to retry");
+                return Err(err);
+            }
+        };
+        let runs = claimed
+            .iter()
+            .zip(allowed)
+            .map(|(job, allowed)| self.run_job(job, allowed));
+        let outcomes = futures_util::future::join_all(runs).await;
+        // One transaction for the batch's outcomes. If it fails (or this process dies first),
+        // the jobs stay `running` until their locks run out and run again: at least once.
+        if let Err(err) = self.record_all(&claimed, outcomes).await {
+            tracing::error!(error = %consult_store::error_chain(err.as_ref()), jobs = count, "cannot record the outcomes of a batch");
+        }
         Ok(count)
     }
 
-    async fn run_job(&self, job: Job) {
+    async fn run_job(&self, job: &Job, allowed: bool) -> (Option<JobKind>, Outcome) {
         let kind = JobKind::parse(&job.kind);
         let outcome = match kind {
-            Some(JobKind::Notify) => self.notify(&job).await,
-            Some(JobKind::Reminder) => self.reminder(&job).await,
-            Some(JobKind::Deadline) => self.deadline(&job).await,
+            Some(JobKind::Notify) if !allowed => Outcome::Dead(format!(
+                "flood guard: {} messages to this recipient within {:?} already",
+                self.options.flood.limit, self.options.flood.window
+            )),
+            Some(JobKind::Notify) => self.notify(job).await,
+            Some(JobKind::Reminder) => self.reminder(job).await,
+            Some(JobKind::Deadline) => self.deadline(job).await,
             None => Outcome::Dead(format!("unknown job kind {}", job.kind)),
         };
-        if let Err(err) = self.record(&job, kind, outcome).await {
-            // The job stays `running` until its lock runs out, then it is claimed again.
-            tracing::error!(job = %job.id, error = %consult_store::error_chain(err.as_ref()), "cannot record a job's outcome");
+        (kind, outcome)
+    }
+
+    /// Whether each claimed job may be sent under the flood guard: messages already sent to its
+    /// recipient within the window (one query for the batch), plus those before it in the
+    /// batch, must stay under the limit.
+    async fn flood_allowance(&self, claimed: &[Job]) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<Option<String>> = claimed
+            .iter()
+            .map(|job| {
+                (job.kind == JobKind::Notify.as_str())
+                    .then(|| serde_json::from_str::<NotifyPayload>(&job.payload).ok())
+                    .flatten()
+                    .map(|p| reactor::recipient_key(&p.to))
+            })
+            .collect();
+        let mut wanted: Vec<String> = keys.iter().flatten().cloned().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        if !wanted.is_empty() {
+            let since =
+                now_ms() - i64::try_from(self.options.flood.window.as_millis()).unwrap_or(0);
+            let rows: Vec<(String, i64)> = match self.store.db() {
+                Db::Postgres(pool) => {
+                    sqlx::query_as(
+                        "SELECT recipient_key, count(*) FROM notification_log \
+                          WHERE recipient_key = ANY($1) AND sent_at_ms >= $2 \
+                          GROUP BY recipient_key",
+                    )
+                    .bind(&wanted)
+                    .bind(since)
+                    .fetch_all(pool)
+                    .await?
+                }
+                Db::Sqlite(pool) => {
+                    let mut rows = Vec::new();
+                    for key in &wanted {
+                        let count: i64 = sqlx::query_scalar(
+                            "SELECT count(*) FROM notification_log \
+                              WHERE recipient_key = $1 AND sent_at_ms >= $2",
+                        )
+                        .bind(key)
+                        .bind(since)
+                        .fetch_one(pool)
+                        .await?;
+                        rows.push((key.clone(), count));
+                    }
+                    rows
+                }
+            };
+            counts.extend(rows);
         }
+        let limit = i64::from(self.options.flood.limit);
+        Ok(keys
+            .into_iter()
+            .map(|key| match key {
+                None => true,
+                Some(key) => {
+                    let count = counts.entry(key).or_insert(0);
+                    *count += 1;
+                    *count <= limit
+                }
+            })
+            .collect())
     }
 
     /// The delay before attempt `attempts + 1`: exponential with full jitter.
@@ -256,8 +347,28 @@ impl Dispatcher {
         ceiling.mul_f64(0.5 + 0.5 * fraction)
     }
 
+    /// Records every outcome of a batch in one transaction.
+    async fn record_all(
+        &self,
+        claimed: &[Job],
+        outcomes: Vec<(Option<JobKind>, Outcome)>,
+    ) -> Result<(), HandlerError> {
+        in_tx!(self.store, tx => {
+            if let Tx::Postgres(conn) = tx {
+                // Losing this commit in a database crash only means the jobs run again once
+                // their locks expire: within the at-least-once promise, and far cheaper.
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **conn).await?;
+            }
+            for (job, (kind, outcome)) in claimed.iter().zip(outcomes) {
+                self.record(tx, job, kind, outcome).await?;
+            }
+        });
+        Ok(())
+    }
+
     async fn record(
         &self,
+        tx: &mut Tx<'_>,
         job: &Job,
         kind: Option<JobKind>,
         outcome: Outcome,
@@ -281,12 +392,7 @@ impl Dispatcher {
                 tracing::info!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = error.unwrap_or(""), "job failed; will retry")
             }
         }
-        in_tx!(self.store, tx => {
-            if let Tx::Postgres(conn) = tx {
-                // Losing this commit in a database crash only means the job runs again once
-                // its lock expires: within the at-least-once promise, and far cheaper.
-                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **conn).await?;
-            }
+        {
             let held = match error {
                 None => jobs::complete(tx, &job.id, &self.owner, now).await?,
                 Some(error) => jobs::fail(tx, &job.id, &self.owner, error, retry_at, now).await?,
@@ -320,7 +426,7 @@ impl Dispatcher {
                         .map(|_| ())?
                 });
             }
-        });
+        }
         Ok(())
     }
 
@@ -329,16 +435,6 @@ impl Dispatcher {
             Ok(payload) => payload,
             Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
         };
-        match self.flooded(&payload.to).await {
-            Ok(true) => {
-                return Outcome::Dead(format!(
-                    "flood guard: {} messages to this recipient within {:?} already",
-                    self.options.flood.limit, self.options.flood.window
-                ))
-            }
-            Ok(false) => {}
-            Err(err) => return Outcome::Retry(format!("flood guard: {err}")),
-        }
         let message = match self.render(job, &payload) {
             Ok(message) => message,
             Err(err) => return Outcome::Dead(format!("cannot render: {err}")),
@@ -350,21 +446,6 @@ impl Dispatcher {
         };
         tracing::info!(job = %job.id, consultation = %job.consultation_id, channel = %payload.channel, kind = payload.kind.as_str(), "notification sent");
         Outcome::Sent(sent.provider_message_id)
-    }
-
-    /// Whether the recipient already got as many messages as the guard allows.
-    async fn flooded(&self, to: &str) -> Result<bool, StoreError> {
-        let since = now_ms() - i64::try_from(self.options.flood.window.as_millis()).unwrap_or(0);
-        const SQL: &str = "SELECT count(*) FROM notification_log \
-                           WHERE recipient_key = $1 AND sent_at_ms >= $2";
-        let count: i64 = with_pool!(self.store.db(), pool => {
-            sqlx::query_scalar(SQL)
-                .bind(reactor::recipient_key(to))
-                .bind(since)
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(count >= i64::from(self.options.flood.limit))
     }
 
     fn render(&self, job: &Job, payload: &NotifyPayload) -> Result<Message, String> {

@@ -406,7 +406,65 @@ async fn reminders_follow_reschedules_and_cancellations(backend: Backend) {
     assert_eq!(outbox(&outbox_file).len(), count);
 }
 
+/// The flood guard: a recipient gets at most the configured number of messages in its window;
+/// the rest are dead-lettered unsent, visibly.
+async fn a_flood_of_messages_to_one_recipient_is_stopped(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |config| {
+        config.notifications.flood = consult_reactors::FloodGuard {
+            limit: 2,
+            window: Duration::from_secs(3600),
+        };
+    })
+    .await
+    else {
+        return;
+    };
+    let outbox_file = app.db.data_dir.join("outbox.jsonl");
+    app.register_provider("prov-1").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let start = Utc::now() + chrono::Duration::days(3 + n);
+        ids.push(book_at(&app, &format!("pat-{n}"), start).await);
+        // One at a time, so that the order of the sends is known.
+        let id = ids.last().expect("id").clone();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let items = notifications(&app, &id).await;
+                items.len() == 2 && items.iter().all(|n| n["status"] != "pending")
+            })
+            .await
+        );
+    }
+    let last = notifications(&app, &ids[2]).await;
+    for item in &last {
+        assert_eq!(item["status"], "dead", "{item}");
+        assert!(item["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("flood guard")));
+    }
+    for id in &ids[..2] {
+        assert!(notifications(&app, id)
+            .await
+            .iter()
+            .all(|n| n["status"] == "sent"));
+    }
+    assert_eq!(
+        outbox(&outbox_file).len(),
+        4,
+        "two messages per channel, no more"
+    );
+    let admin = app.token(Role::Admin, "admin-1");
+    let body: Value = app
+        .get("/v1/admin/dead-letters", &admin)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(2));
+}
+
 on_both_backends!(
+    a_flood_of_messages_to_one_recipient_is_stopped,
     every_step_tells_the_right_party_once,
     reminders_follow_reschedules_and_cancellations,
 );
