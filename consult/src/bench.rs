@@ -430,6 +430,55 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Book → accept pairs over 8 clients paced to `load` commands per second for `duration`, in
+/// the background; slots start `slot_offset` half-hours ahead so that scenarios do not collide.
+fn background_load(
+    client: &reqwest::Client,
+    address: &str,
+    token: &impl Fn(Role, &str) -> String,
+    load: u32,
+    duration: Duration,
+    slot_offset: i64,
+) -> tokio::task::JoinHandle<Sample> {
+    const LOADERS: usize = 8;
+    // Each loader sends two commands per tick.
+    let per_loader = f64::from(load.max(1)) / 2.0 / LOADERS as f64;
+    let pace = Duration::from_secs_f64(1.0 / per_loader);
+    let client = client.clone();
+    let address = address.to_owned();
+    let tokens: Vec<(String, String)> = (0..LOADERS)
+        .map(|c| {
+            (
+                token(Role::Patient, &format!("bench-pat-{c}")),
+                token(Role::Provider, &format!("bench-prov-{c}")),
+            )
+        })
+        .collect();
+    let mint = move |role: Role, sub: &str| -> String {
+        let c: usize = sub
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        match role {
+            Role::Patient => tokens[c].0.clone(),
+            _ => tokens[c].1.clone(),
+        }
+    };
+    tokio::spawn(async move {
+        drive(
+            &client,
+            &address,
+            &mint,
+            LOADERS,
+            duration,
+            slot_offset,
+            Some(pace),
+        )
+        .await
+    })
+}
+
 /// Commit-to-visible latency of the read model under a steady background load: a probe books a
 /// consultation, then reads it (without `?after`) every millisecond until the projection shows
 /// it. The background is book → accept pairs paced to `load` commands per second.
@@ -441,45 +490,7 @@ async fn freshness(
     load: u32,
     duration: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    const LOADERS: usize = 8;
-    // Each loader sends two commands per tick.
-    let per_loader = f64::from(load.max(1)) / 2.0 / LOADERS as f64;
-    let pace = Duration::from_secs_f64(1.0 / per_loader);
-    let background = {
-        let client = client.clone();
-        let address = address.to_owned();
-        let tokens: Vec<(String, String)> = (0..LOADERS)
-            .map(|c| {
-                (
-                    token(Role::Patient, &format!("bench-pat-{c}")),
-                    token(Role::Provider, &format!("bench-prov-{c}")),
-                )
-            })
-            .collect();
-        let mint = move |role: Role, sub: &str| -> String {
-            let c: usize = sub
-                .rsplit('-')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            match role {
-                Role::Patient => tokens[c].0.clone(),
-                _ => tokens[c].1.clone(),
-            }
-        };
-        tokio::spawn(async move {
-            drive(
-                &client,
-                &address,
-                &mint,
-                LOADERS,
-                duration,
-                50_000_000,
-                Some(pace),
-            )
-            .await
-        })
-    };
+    let background = background_load(client, address, token, load, duration, 50_000_000);
     let probe_patient = token(Role::Patient, "bench-probe");
     let started = Instant::now();
     let base = chrono::Utc::now() + chrono::Duration::days(3000);
@@ -558,44 +569,7 @@ async fn notifications(
     jobs: u32,
     duration: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    const LOADERS: usize = 8;
-    let per_loader = f64::from(load.max(1)) / 2.0 / LOADERS as f64;
-    let pace = Duration::from_secs_f64(1.0 / per_loader);
-    let background = {
-        let client = client.clone();
-        let address = address.to_owned();
-        let tokens: Vec<(String, String)> = (0..LOADERS)
-            .map(|c| {
-                (
-                    token(Role::Patient, &format!("bench-pat-{c}")),
-                    token(Role::Provider, &format!("bench-prov-{c}")),
-                )
-            })
-            .collect();
-        let mint = move |role: Role, sub: &str| -> String {
-            let c: usize = sub
-                .rsplit('-')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            match role {
-                Role::Patient => tokens[c].0.clone(),
-                _ => tokens[c].1.clone(),
-            }
-        };
-        tokio::spawn(async move {
-            drive(
-                &client,
-                &address,
-                &mint,
-                LOADERS,
-                duration,
-                80_000_000,
-                Some(pace),
-            )
-            .await
-        })
-    };
+    let background = background_load(client, address, token, load, duration, 80_000_000);
     // Each probe books with a provider of its own, so the provider's SMS is told apart by its
     // number. Latency is measured from the moment the booking request is sent (before its
     // commit): an upper bound of commit → provider request.

@@ -146,46 +146,28 @@ pub async fn claim(
     now_ms: i64,
 ) -> Result<Vec<Job>, StoreError> {
     let lock_until = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-    let jobs = match store.db() {
-        Db::Postgres(pool) => {
-            let sql = format!(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, \
-                        locked_until_ms = $2, updated_at_ms = $3 \
-                  WHERE id IN (SELECT id FROM jobs \
-                                WHERE (status = 'pending' AND due_at_ms <= $3) \
-                                   OR (status = 'running' AND locked_until_ms < $3) \
-                                ORDER BY due_at_ms LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {}",
-                columns(true)
-            );
-            sqlx::query_as(&sql)
-                .bind(owner)
-                .bind(lock_until)
-                .bind(now_ms)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?
-        }
-        Db::Sqlite(pool) => {
-            let sql = format!(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, \
-                        locked_until_ms = $2, updated_at_ms = $3 \
-                  WHERE id IN (SELECT id FROM jobs \
-                                WHERE (status = 'pending' AND due_at_ms <= $3) \
-                                   OR (status = 'running' AND locked_until_ms < $3) \
-                                ORDER BY due_at_ms LIMIT $4) \
-                 RETURNING {}",
-                columns(false)
-            );
-            sqlx::query_as(&sql)
-                .bind(owner)
-                .bind(lock_until)
-                .bind(now_ms)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?
-        }
-    };
+    let pg = matches!(store.db(), Db::Postgres(_));
+    // SQLite has one writer at a time: nothing to skip.
+    let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, \
+                locked_until_ms = $2, updated_at_ms = $3 \
+          WHERE id IN (SELECT id FROM jobs \
+                        WHERE (status = 'pending' AND due_at_ms <= $3) \
+                           OR (status = 'running' AND locked_until_ms < $3) \
+                        ORDER BY due_at_ms LIMIT $4{lock}) \
+         RETURNING {}",
+        columns(pg)
+    );
+    let jobs = with_pool!(store.db(), pool => {
+        sqlx::query_as(&sql)
+            .bind(owner)
+            .bind(lock_until)
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+    });
     Ok(jobs)
 }
 

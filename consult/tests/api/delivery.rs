@@ -10,28 +10,13 @@ use consult_reactors::twilio_signature;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
 
 #[path = "../../../reactors/tests/fakes/mod.rs"]
 mod fakes;
 
 use fakes::smtp::SmtpFake;
 use fakes::twilio::{TwilioBehavior, TwilioFake, AUTH_TOKEN, FROM_SMS, FROM_WHATSAPP};
-
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    check().await
-}
 
 async fn items(app: &TestApp, id: &str) -> Vec<Value> {
     let admin = app.token(Role::Admin, "admin-1");

@@ -13,7 +13,7 @@ use consult_store::{Metadata, Store, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
 /// One line of the outbox file.
@@ -23,21 +23,6 @@ fn outbox(path: &Path) -> Vec<Value> {
         .lines()
         .map(|line| serde_json::from_str(line).expect("an outbox line is JSON"))
         .collect()
-}
-
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    check().await
 }
 
 async fn notifications(app: &TestApp, id: &str) -> Vec<Value> {
