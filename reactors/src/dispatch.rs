@@ -347,86 +347,65 @@ impl Dispatcher {
         ceiling.mul_f64(0.5 + 0.5 * fraction)
     }
 
-    /// Records every outcome of a batch in one transaction.
+    /// What an outcome does to its job and its notification.
+    fn settle(&self, job: &Job, kind: Option<JobKind>, outcome: Outcome, now: i64) -> Settled {
+        let notify = kind == Some(JobKind::Notify);
+        let (status, due_at, error) = match outcome {
+            Outcome::Done => ("done", None, None),
+            Outcome::Sent(provider_message_id) => {
+                return Settled {
+                    id: job.id.clone(),
+                    status: "done",
+                    due_at: None,
+                    error: None,
+                    log: Some(("sent", provider_message_id)),
+                    attempts: job.attempts,
+                };
+            }
+            Outcome::Retry(error) if job.attempts < job.max_attempts => {
+                let delay = i64::try_from(self.backoff(job.attempts).as_millis()).unwrap_or(0);
+                tracing::info!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job failed; will retry");
+                ("pending", Some(now + delay), Some(error))
+            }
+            Outcome::Retry(error) | Outcome::Dead(error) => {
+                tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job dead-lettered");
+                ("dead", None, Some(error))
+            }
+        };
+        let log_status = if status == "dead" { "dead" } else { "failed" };
+        Settled {
+            id: job.id.clone(),
+            status,
+            due_at,
+            error,
+            log: (notify && status != "done").then_some((log_status, None)),
+            attempts: job.attempts,
+        }
+    }
+
+    /// Records every outcome of a batch in one transaction: on PostgreSQL two statements
+    /// whatever the batch's size.
     async fn record_all(
         &self,
         claimed: &[Job],
         outcomes: Vec<(Option<JobKind>, Outcome)>,
     ) -> Result<(), HandlerError> {
+        let now = now_ms();
+        let settled: Vec<Settled> = claimed
+            .iter()
+            .zip(outcomes)
+            .map(|(job, (kind, outcome))| self.settle(job, kind, outcome, now))
+            .collect();
         in_tx!(self.store, tx => {
-            if let Tx::Postgres(conn) = tx {
-                // Losing this commit in a database crash only means the jobs run again once
-                // their locks expire: within the at-least-once promise, and far cheaper.
-                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **conn).await?;
-            }
-            for (job, (kind, outcome)) in claimed.iter().zip(outcomes) {
-                self.record(tx, job, kind, outcome).await?;
+            match tx {
+                Tx::Postgres(conn) => record_pg(conn, &self.owner, &settled, now).await?,
+                Tx::Sqlite(_) => {
+                    for one in &settled {
+                        record_one(tx, &self.owner, one, now).await?;
+                    }
+                }
             }
         });
-        Ok(())
-    }
-
-    async fn record(
-        &self,
-        tx: &mut Tx<'_>,
-        job: &Job,
-        kind: Option<JobKind>,
-        outcome: Outcome,
-    ) -> Result<(), HandlerError> {
-        let now = now_ms();
-        let notify = kind == Some(JobKind::Notify);
-        let (retry_at, error, status) = match &outcome {
-            Outcome::Done | Outcome::Sent(_) => (None, None, "sent"),
-            Outcome::Retry(error) if job.attempts < job.max_attempts => {
-                let delay = i64::try_from(self.backoff(job.attempts).as_millis()).unwrap_or(0);
-                (Some(now + delay), Some(error.as_str()), "failed")
-            }
-            Outcome::Retry(error) | Outcome::Dead(error) => (None, Some(error.as_str()), "dead"),
-        };
-        match &outcome {
-            Outcome::Done | Outcome::Sent(_) => {}
-            _ if status == "dead" => {
-                tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = error.unwrap_or(""), "job dead-lettered")
-            }
-            _ => {
-                tracing::info!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = error.unwrap_or(""), "job failed; will retry")
-            }
-        }
-        {
-            let held = match error {
-                None => jobs::complete(tx, &job.id, &self.owner, now).await?,
-                Some(error) => jobs::fail(tx, &job.id, &self.owner, error, retry_at, now).await?,
-            };
-            if let Outcome::Sent(provider_message_id) = &outcome {
-                const SQL: &str = "UPDATE notification_log SET status = 'sent', attempts = $2, \
-                                   provider_message_id = $3, sent_at_ms = $4, last_error = NULL, \
-                                   updated_at_ms = $4 WHERE id = $1";
-                with_tx!(tx, conn => {
-                    sqlx::query(SQL)
-                        .bind(&job.id)
-                        .bind(job.attempts)
-                        .bind(provider_message_id.as_deref())
-                        .bind(now)
-                        .execute(conn)
-                        .await
-                        .map(|_| ())?
-                });
-            } else if held && notify && status != "sent" {
-                const SQL: &str = "UPDATE notification_log SET status = $2, attempts = $3, \
-                                   last_error = $4, updated_at_ms = $5 WHERE id = $1";
-                with_tx!(tx, conn => {
-                    sqlx::query(SQL)
-                        .bind(&job.id)
-                        .bind(status)
-                        .bind(job.attempts)
-                        .bind(error)
-                        .bind(now)
-                        .execute(conn)
-                        .await
-                        .map(|_| ())?
-                });
-            }
-        }
         Ok(())
     }
 
@@ -597,6 +576,127 @@ impl Dispatcher {
             Err(err) => Outcome::Retry(err.to_string()),
         }
     }
+}
+
+/// A job's outcome as it is written.
+struct Settled {
+    id: String,
+    /// done | pending (a retry) | dead.
+    status: &'static str,
+    due_at: Option<i64>,
+    error: Option<String>,
+    /// The notification's new status and provider id, for notify jobs.
+    log: Option<(&'static str, Option<String>)>,
+    attempts: i32,
+}
+
+/// PostgreSQL: the jobs this process still holds move in one statement, and their
+/// notifications in another. A sent notification is recorded even if the lock was lost
+/// meanwhile: it did go out.
+async fn record_pg(
+    conn: &mut sqlx::PgConnection,
+    owner: &str,
+    settled: &[Settled],
+    now: i64,
+) -> Result<(), HandlerError> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *conn)
+        .await?;
+    let held: Vec<String> = sqlx::query_scalar(
+        "UPDATE jobs SET status = u.status, due_at_ms = COALESCE(u.due_at, jobs.due_at_ms), \
+                locked_by = NULL, last_error = u.error, updated_at_ms = $6, \
+                finished_at_ms = CASE WHEN u.status = 'pending' THEN NULL ELSE $6 END \
+           FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
+                AS u(id, status, due_at, error) \
+          WHERE jobs.id = u.id AND jobs.locked_by = $5 AND jobs.status = 'running' \
+         RETURNING jobs.id",
+    )
+    .bind(settled.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+    .bind(settled.iter().map(|s| s.status).collect::<Vec<_>>())
+    .bind(settled.iter().map(|s| s.due_at).collect::<Vec<_>>())
+    .bind(
+        settled
+            .iter()
+            .map(|s| s.error.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(owner)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let logged: Vec<&Settled> = settled
+        .iter()
+        .filter(|s| match s.log {
+            Some(("sent", _)) => true,
+            Some(_) => held.contains(&s.id),
+            None => false,
+        })
+        .collect();
+    if logged.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE notification_log SET status = u.status, attempts = u.attempts, \
+                provider_message_id = COALESCE(u.provider_id, notification_log.provider_message_id), \
+                sent_at_ms = CASE WHEN u.status = 'sent' THEN $6 ELSE notification_log.sent_at_ms END, \
+                last_error = u.error, updated_at_ms = $6 \
+           FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[]) \
+                AS u(id, status, attempts, provider_id, error) \
+          WHERE notification_log.id = u.id",
+    )
+    .bind(logged.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+    .bind(logged.iter().map(|s| s.log.as_ref().map_or("", |l| l.0)).collect::<Vec<_>>())
+    .bind(logged.iter().map(|s| s.attempts).collect::<Vec<_>>())
+    .bind(
+        logged
+            .iter()
+            .map(|s| s.log.as_ref().and_then(|l| l.1.as_deref()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(logged.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The portable path (SQLite): one job at a time, in the batch's transaction.
+async fn record_one(
+    tx: &mut Tx<'_>,
+    owner: &str,
+    one: &Settled,
+    now: i64,
+) -> Result<(), HandlerError> {
+    let held = match one.status {
+        "done" => jobs::complete(tx, &one.id, owner, now).await?,
+        _ => {
+            let error = one.error.as_deref().unwrap_or("");
+            jobs::fail(tx, &one.id, owner, error, one.due_at, now).await?
+        }
+    };
+    let Some((status, provider_message_id)) = &one.log else {
+        return Ok(());
+    };
+    if *status != "sent" && !held {
+        return Ok(());
+    }
+    const SQL: &str = "UPDATE notification_log SET status = $2, attempts = $3, \
+                       provider_message_id = COALESCE($4, provider_message_id), \
+                       sent_at_ms = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at_ms END, \
+                       last_error = $6, updated_at_ms = $5 WHERE id = $1";
+    with_tx!(tx, conn => {
+        sqlx::query(SQL)
+            .bind(&one.id)
+            .bind(*status)
+            .bind(one.attempts)
+            .bind(provider_message_id.as_deref())
+            .bind(now)
+            .bind(one.error.as_deref())
+            .execute(conn)
+            .await
+            .map(|_| ())?
+    });
+    Ok(())
 }
 
 /// When the next instant a job is due, for tests and metrics.
