@@ -183,7 +183,17 @@ impl Dispatcher {
 
     /// Claims and runs due jobs until `stop` turns true. `wake` is bumped by the reactor of
     /// this process when it queued jobs; other processes' jobs are found by polling.
-    pub async fn run(self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+    ///
+    /// Two claim loops run side by side, so that one batch is being sent while the other's
+    /// outcomes are recorded and its next batch claimed (`SKIP LOCKED` keeps them apart).
+    pub async fn run(self, wake: watch::Receiver<u64>, stop: watch::Receiver<bool>) {
+        tokio::join!(
+            self.claim_loop(wake.clone(), stop.clone()),
+            self.claim_loop(wake, stop)
+        );
+    }
+
+    async fn claim_loop(&self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
         loop {
             if *stop.borrow() {
