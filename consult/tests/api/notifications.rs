@@ -385,6 +385,24 @@ async fn reminders_follow_reschedules_and_cancellations(backend: Backend) {
         final_ones.len() >= 4,
         "the final reminder carries the meeting link"
     );
+    let reminder_emails: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["channel"] == "email"
+                && l["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.to_lowercase().contains("reminder"))
+        })
+        .collect();
+    assert!(!reminder_emails.is_empty(), "reminder emails went out");
+    for email in reminder_emails {
+        for part in ["text", "html"] {
+            assert!(
+                email[part].as_str().is_some_and(|t| t.contains("/join")),
+                "the email reminder's {part} part carries the meeting link: {email}"
+            );
+        }
+    }
     // Nothing more arrives later.
     let count = lines.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -448,8 +466,72 @@ async fn a_flood_of_messages_to_one_recipient_is_stopped(backend: Backend) {
     assert_eq!(body["items"].as_array().map(Vec::len), Some(2));
 }
 
+/// Deadlines: a request not accepted within `ACCEPT_DEADLINE` expires, and an accepted but
+/// unpaid consultation expires at its start; each time the patient is told.
+async fn deadlines_expire_unaccepted_and_unpaid_consultations(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |config| {
+        config.notifications.accept_deadline = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    app.register_provider("prov-2").await;
+    let unaccepted = book_at(&app, "pat-1", Utc::now() + chrono::Duration::days(2)).await;
+    let unpaid = book_with(
+        &app,
+        "pat-2",
+        "prov-2",
+        Utc::now() + chrono::Duration::seconds(4),
+    )
+    .await;
+    act(&app, Role::Provider, "prov-2", &unpaid, "accept", json!({})).await;
+    let admin = app.token(Role::Admin, "admin-1");
+    let status = |id: String| {
+        let app = &app;
+        let admin = admin.clone();
+        async move {
+            let body: Value = app
+                .get(&format!("/v1/consultations/{id}"), &admin)
+                .await
+                .json()
+                .await
+                .expect("json");
+            body["status"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            status(unaccepted.clone()).await == "expired"
+                && status(unpaid.clone()).await == "expired"
+        })
+        .await,
+        "both expire: {} and {}",
+        status(unaccepted.clone()).await,
+        status(unpaid.clone()).await
+    );
+    for id in [&unaccepted, &unpaid] {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                sent(&notifications(&app, id).await)
+                    .into_iter()
+                    .filter(|(_, kind, _)| kind == "expired")
+                    .collect::<Vec<_>>()
+                    == vec![
+                        triple("patient", "expired", "email"),
+                        triple("patient", "expired", "sms"),
+                    ]
+            })
+            .await,
+            "the patient is told"
+        );
+    }
+}
+
 on_both_backends!(
     a_flood_of_messages_to_one_recipient_is_stopped,
+    deadlines_expire_unaccepted_and_unpaid_consultations,
     every_step_tells_the_right_party_once,
     reminders_follow_reschedules_and_cancellations,
 );
