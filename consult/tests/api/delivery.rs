@@ -295,53 +295,54 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
     assert_eq!(theirs.status(), StatusCode::FORBIDDEN);
 }
 
-/// A worker killed with -9 while its sends hang at Twilio: once another worker runs and the
-/// dead one's job locks have run out, every notification is sent. A message is sent twice only
-/// if it was in flight at the kill (at least once, never lost).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_dispatch_loses_no_notification() {
+/// A `consult serve` worker process on `db`, sending SMS through the Twilio fake, with 2 s
+/// leases on subscriptions and jobs.
+fn spawn_worker(db: &crate::helpers::TestDb, twilio: &TwilioFake, n: u32) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_consult"))
+        .arg("serve")
+        .env("ROLES", "workers")
+        .env("DATABASE_URL", &db.url)
+        .env("DATA_DIR", db.data_dir.join(format!("worker-{n}")))
+        .env("SUBSCRIPTION_LEASE", "2s")
+        .env("JOB_LEASE", "2s")
+        .env(
+            "AUTH_JWT_SECRET",
+            "worker-test-secret-that-is-long-enough-0",
+        )
+        .env("TWILIO_ACCOUNT_SID", fakes::twilio::ACCOUNT_SID)
+        .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+        .env("TWILIO_FROM_SMS", FROM_SMS)
+        .env("TWILIO_API_BASE", &twilio.base_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start a worker process")
+}
+
+/// A migrated store on a fresh PostgreSQL database with one provider and `bookings`
+/// consultations booked at distinct hours (so each provider SMS has its own body); announces
+/// them to worker processes.
+async fn seeded(
+    bookings: usize,
+) -> Option<(
+    crate::helpers::TestDb,
+    crate::helpers::DbGuard,
+    consult_store::Store,
+)> {
     use consult_domain::{
         Booking, BoundedText, Consultation, ConsultationCommand, ConsultationError, Contact,
         DurationMinutes, EmailAddress, Mode, PatientId, PhoneNumber, Provider, ProviderCommand,
         ProviderError, ProviderId, ProviderProfile, StartTime, TimeZone,
     };
     use consult_store::{Metadata, Store, StoreOptions};
-    use fakes::twilio::ACCOUNT_SID;
 
-    let Some(db) = crate::helpers::TestDb::fresh(Backend::Postgres).await else {
-        return;
-    };
-    let _guard = crate::helpers::DbGuard(db.clone());
+    let db = crate::helpers::TestDb::fresh(Backend::Postgres).await?;
+    let guard = crate::helpers::DbGuard(db.clone());
     let store = Store::connect(&StoreOptions::new(db.url.clone()))
         .await
         .expect("store");
     store.migrate().await.expect("migrate");
-    let twilio = TwilioFake::start().await;
-    twilio.set_behavior(TwilioBehavior::Hang(Duration::from_secs(3)));
-    let worker = |n: u32| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_consult"))
-            .arg("serve")
-            .env("ROLES", "workers")
-            .env("DATABASE_URL", &db.url)
-            .env("DATA_DIR", db.data_dir.join(format!("worker-{n}")))
-            .env("SUBSCRIPTION_LEASE", "2s")
-            .env("JOB_LEASE", "2s")
-            .env(
-                "AUTH_JWT_SECRET",
-                "worker-test-secret-that-is-long-enough-0",
-            )
-            .env("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
-            .env("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
-            .env("TWILIO_FROM_SMS", FROM_SMS)
-            .env("TWILIO_API_BASE", &twilio.base_url)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a worker process")
-    };
-    let mut first = worker(1);
-
     let metadata = Metadata {
         actor_id: "test".into(),
         actor_role: "system".into(),
@@ -365,9 +366,7 @@ async fn a_worker_killed_mid_dispatch_loses_no_notification() {
         })
         .await
         .expect("provider");
-    // Eight bookings at distinct hours: eight distinct SMS bodies to the provider.
-    const BOOKINGS: usize = 8;
-    for n in 0..BOOKINGS {
+    for n in 0..bookings {
         let id = uuid::Uuid::new_v4();
         let now = chrono::Utc::now();
         let booking = Booking {
@@ -406,6 +405,22 @@ async fn a_worker_killed_mid_dispatch_loses_no_notification() {
         .await
         .expect("notify");
 
+    Some((db, guard, store))
+}
+
+/// A worker killed with -9 while its sends hang at Twilio: once another worker runs and the
+/// dead one's job locks have run out, every notification is sent. A message is sent twice only
+/// if it was in flight at the kill (at least once, never lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_dispatch_loses_no_notification() {
+    const BOOKINGS: usize = 8;
+    let twilio = TwilioFake::start().await;
+    twilio.set_behavior(TwilioBehavior::Hang(Duration::from_secs(3)));
+    let Some((db, _guard, store)) = seeded(BOOKINGS).await else {
+        return;
+    };
+    let mut first = spawn_worker(&db, &twilio, 1);
+
     // Sends hang at Twilio; kill the worker while they are in flight.
     assert!(
         eventually(Duration::from_secs(15), || async {
@@ -424,7 +439,7 @@ async fn a_worker_killed_mid_dispatch_loses_no_notification() {
     );
 
     twilio.set_behavior(TwilioBehavior::Accept);
-    let _second = worker(2);
+    let _second = spawn_worker(&db, &twilio, 2);
     let sent = || async {
         db.scalar("SELECT count(*) FROM notification_log WHERE status = 'sent'")
             .await
@@ -460,6 +475,49 @@ async fn a_worker_killed_mid_dispatch_loses_no_notification() {
         db.scalar("SELECT count(*) FROM jobs WHERE status <> 'done' AND kind = 'notify'")
             .await,
         0
+    );
+    store.close().await;
+}
+
+/// Two workers dispatching the same queue at once: every notification goes out exactly once
+/// (`SKIP LOCKED` claims), and both share the work of the subscriptions and jobs safely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_at_once_send_every_notification_exactly_once() {
+    // Under the flood guard's default of 20 messages per recipient and hour.
+    const BOOKINGS: usize = 16;
+    let twilio = TwilioFake::start().await;
+    let Some((db, _guard, store)) = seeded(BOOKINGS).await else {
+        return;
+    };
+    let _workers = [spawn_worker(&db, &twilio, 1), spawn_worker(&db, &twilio, 2)];
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            db.scalar("SELECT count(*) FROM notification_log WHERE status = 'sent'")
+                .await
+                == BOOKINGS as i64 * 2
+        })
+        .await,
+        "every notification is sent"
+    );
+    // Nothing more arrives afterwards.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let arrivals = twilio.arrivals();
+    assert_eq!(arrivals.len(), BOOKINGS, "one SMS per booking, no more");
+    let mut bodies: Vec<String> = arrivals
+        .iter()
+        .filter_map(|form| {
+            form.iter()
+                .find(|(k, _)| k == "Body")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), BOOKINGS, "each booking's SMS once");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jobs WHERE kind = 'notify' AND status = 'done'")
+            .await,
+        BOOKINGS as i64 * 2
     );
     store.close().await;
 }
