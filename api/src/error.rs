@@ -44,6 +44,13 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("storage is unavailable; retry shortly")]
     Unavailable,
+    /// The request is well-formed but cannot be done now (outside the joining window, room
+    /// not ready): 409 with a specific code.
+    #[error("{message}")]
+    NotNow { code: &'static str, message: String },
+    /// A capability this deployment has not configured (no video or voice provider): 503.
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -71,7 +78,8 @@ impl ApiError {
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotNow { .. } => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,6 +101,8 @@ impl ApiError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "storage_unavailable",
+            Self::NotNow { code, .. } => code,
+            Self::NotConfigured(_) => "not_configured",
             Self::Internal(_) => "internal",
         }
     }

@@ -53,6 +53,23 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Verifies Twilio's callbacks; `None` when Twilio is not configured (they are refused).
     pub twilio: Option<TwilioWebhook>,
+    /// Video access tokens and voice calls.
+    pub media: MediaSettings,
+}
+
+/// What the video-token and voice-call routes need.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    /// Mints access tokens for the rooms it created.
+    pub video: Arc<dyn consult_reactors::video::VideoProvider>,
+    /// Our number, when voice calls are configured; the TwiML dials from it.
+    pub voice_number: Option<String>,
+    /// Participants may join this long before the start.
+    pub join_before: std::time::Duration,
+    /// ... and until this long after the end; tokens never outlive it.
+    pub grace: std::time::Duration,
+    /// The longest life of an access token.
+    pub token_ttl: std::time::Duration,
 }
 
 /// What checking an `X-Twilio-Signature` takes.
@@ -77,7 +94,9 @@ pub struct RequestId(pub String);
 
 /// All routes, with the body limit, request ids and request logging.
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, consultations as c, health, notifications as n, providers as p, reads};
+    use routes::{
+        admin, consultations as c, health, media as m, notifications as n, providers as p, reads,
+    };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -87,6 +106,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dead-letters", get(n::dead_letters))
         .route("/v1/admin/dead-letters/{id}/retry", post(n::retry))
         .route("/v1/webhooks/twilio/messages", post(n::twilio_status))
+        .route("/v1/webhooks/twilio/calls", post(m::call_status))
+        .route("/v1/webhooks/twilio/rooms", post(m::room_status))
+        .route("/v1/webhooks/twilio/voice/{id}", post(m::voice_twiml))
+        .route("/v1/consultations/{id}/video-token", post(m::video_token))
+        .route("/v1/consultations/{id}/voice-call", post(m::voice_call))
         .route("/v1/consultations/{id}/notifications", get(n::list))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
         .route("/v1/providers/{id}", get(p::get))

@@ -59,6 +59,35 @@ pub struct Config {
     /// takes over from one that died.
     pub subscription_lease: Duration,
     pub notifications: Notifications,
+    pub media: Media,
+}
+
+/// Video rooms and voice calls.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// `VIDEO_PROVIDER`: Twilio Video, or the console provider (rooms only in the outbox
+    /// file, no tokens) when Twilio's API key is not set.
+    pub video: Option<consult_reactors::video::twilio::TwilioVideoConfig>,
+    /// Voice calls through Twilio; `None` answers `voice-call` with 503.
+    pub voice: Option<consult_reactors::voice::twilio::TwilioVoiceConfig>,
+    /// `VIDEO_JOIN_BEFORE`: participants may join this long before the start (15 min).
+    pub join_before: Duration,
+    /// `VIDEO_GRACE`: ... and until this long after the end, when the room is closed (30 min).
+    pub grace: Duration,
+    /// `VIDEO_TOKEN_TTL`: the longest life of an access token (1 h, at most 1 h).
+    pub token_ttl: Duration,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            video: None,
+            voice: None,
+            join_before: Duration::from_secs(15 * 60),
+            grace: Duration::from_secs(30 * 60),
+            token_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Notifications, reminders and deadlines.

@@ -8,13 +8,15 @@ pub mod secret;
 use std::future::Future;
 use std::sync::Arc;
 
-use consult_api::{AppState, SystemClock, TokenKey, TwilioWebhook};
+use consult_api::{AppState, MediaSettings, SystemClock, TokenKey, TwilioWebhook};
 use consult_reactors::channels::console::ConsoleSink;
 use consult_reactors::channels::smtp::SmtpEmail;
 use consult_reactors::channels::twilio::TwilioMessages;
 use consult_reactors::channels::Channel;
+use consult_reactors::video::VideoProvider;
 use consult_reactors::{
-    Channels, Dispatcher, DispatcherOptions, NotificationsReactor, ReactorConfig,
+    Channels, Dispatcher, DispatcherOptions, Media, NotificationsReactor, ReactorConfig,
+    RoomsConfig, RoomsReactor,
 };
 use consult_store::{Runner, RunnerOptions, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
@@ -47,6 +49,7 @@ pub struct Application {
     roles: Roles,
     runner: RunnerOptions,
     reactor: ReactorConfig,
+    rooms: RoomsConfig,
     dispatcher: Dispatcher,
 }
 
@@ -66,6 +69,20 @@ impl Application {
             } else {
                 None
             };
+        let outbox = ConsoleSink::new(&config.notifications.outbox)
+            .map_err(|e| StartupError::Channels(format!("outbox file: {e}")))?;
+        let video = video_provider(config, &outbox)?;
+        let voice: Option<Arc<dyn consult_reactors::voice::VoiceProvider>> =
+            match &config.media.voice {
+                Some(voice) => Some(Arc::new(
+                    consult_reactors::voice::twilio::TwilioVoice::new(
+                        voice.clone(),
+                        consult_reactors::channels::twilio::DEFAULT_TIMEOUT,
+                    )
+                    .map_err(|e| StartupError::Channels(format!("Twilio voice client: {e}")))?,
+                )),
+                None => None,
+            };
         let state = AppState {
             store: store.clone(),
             token_key: TokenKey::new(config.jwt_secret.clone()),
@@ -74,6 +91,13 @@ impl Application {
                 auth_token: t.auth_token.clone(),
                 public_base_url: config.public_base_url.clone(),
             }),
+            media: MediaSettings {
+                video: video.clone(),
+                voice_number: voice.as_ref().map(|v| v.caller_id().to_owned()),
+                join_before: config.media.join_before,
+                grace: config.media.grace,
+                token_ttl: config.media.token_ttl,
+            },
         };
         let n = &config.notifications;
         let reactor = ReactorConfig {
@@ -84,7 +108,7 @@ impl Application {
         let dispatcher = Dispatcher::new(
             store.clone(),
             owner_id(),
-            channels(config)?,
+            channels(config, outbox)?,
             reactor.clone(),
             DispatcherOptions {
                 lease: n.job_lease,
@@ -93,7 +117,19 @@ impl Application {
                 app_url: config.app_url.clone(),
                 ..DispatcherOptions::default()
             },
-        );
+        )
+        .with_media(Media {
+            video: video.clone(),
+            voice,
+            public_base_url: config.public_base_url.clone(),
+            grace: config.media.grace,
+        });
+        let rooms = RoomsConfig {
+            provision_lead: video.provision_lead(),
+            grace: config.media.grace,
+            max_attempts: n.max_attempts,
+            ..RoomsConfig::default()
+        };
         Ok(Self {
             store,
             listener,
@@ -104,6 +140,7 @@ impl Application {
                 ..RunnerOptions::default()
             },
             reactor,
+            rooms,
             dispatcher,
         })
     }
@@ -146,7 +183,11 @@ impl Application {
                 runner = runner.with(projection);
             }
             let (wake, woken) = watch::channel(0_u64);
-            runner = runner.with(Arc::new(NotificationsReactor::new(self.reactor, wake)));
+            runner = runner.with(Arc::new(NotificationsReactor::new(
+                self.reactor,
+                wake.clone(),
+            )));
+            runner = runner.with(Arc::new(RoomsReactor::new(self.rooms, wake)));
             workers.spawn(self.dispatcher.run(woken, stopped.clone()));
             workers.spawn(runner.run(stopped));
         }
@@ -174,12 +215,9 @@ impl Application {
 
 /// The channel of each kind: the configured provider, or the outbox file when a channel has no
 /// credentials (said once at start-up).
-fn channels(config: &Config) -> Result<Channels, StartupError> {
+fn channels(config: &Config, outbox: ConsoleSink) -> Result<Channels, StartupError> {
     let n = &config.notifications;
-    let outbox: Arc<dyn Channel> = Arc::new(
-        ConsoleSink::new(&n.outbox)
-            .map_err(|e| StartupError::Channels(format!("outbox file: {e}")))?,
-    );
+    let outbox: Arc<dyn Channel> = Arc::new(outbox);
     let twilio: Option<Arc<TwilioMessages>> = match &n.twilio {
         Some(twilio) => {
             let mut twilio = twilio.clone();
@@ -219,6 +257,28 @@ fn channels(config: &Config) -> Result<Channels, StartupError> {
         sms: text(consult_reactors::channels::ChannelKind::Sms),
         whatsapp: text(consult_reactors::channels::ChannelKind::Whatsapp),
         email,
+    })
+}
+
+/// The video provider: Twilio Video when configured, else rooms in the outbox file only.
+fn video_provider(
+    config: &Config,
+    outbox: &ConsoleSink,
+) -> Result<Arc<dyn VideoProvider>, StartupError> {
+    Ok(match &config.media.video {
+        Some(twilio) => Arc::new(
+            consult_reactors::video::twilio::TwilioVideo::new(
+                twilio.clone(),
+                consult_reactors::channels::twilio::DEFAULT_TIMEOUT,
+            )
+            .map_err(|e| StartupError::Channels(format!("Twilio video client: {e}")))?,
+        ),
+        None => {
+            tracing::warn!(outbox = %outbox.path().display(), "no video provider configured: rooms are written to the outbox file and no access tokens can be issued");
+            Arc::new(consult_reactors::video::console::ConsoleVideo::new(
+                outbox.clone(),
+            ))
+        }
     })
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use consult::config::{database_url, parse_duration, ConfigError, Notifications};
+use consult::config::{database_url, parse_duration, ConfigError, Media, Notifications};
 use consult::{secret, Application, Config, Roles};
 use consult_api::{Claims, Role, TokenKey};
 use consult_store::{Store, StoreOptions};
@@ -80,6 +80,32 @@ struct NotificationArgs {
         default_value = "https://api.twilio.com"
     )]
     twilio_api_base: String,
+    /// twilio or console; default twilio when TWILIO_API_KEY and TWILIO_API_SECRET are set.
+    #[arg(long, env = "VIDEO_PROVIDER")]
+    video_provider: Option<String>,
+    /// API key SID (SK…) that signs video access tokens.
+    #[arg(long, env = "TWILIO_API_KEY")]
+    twilio_api_key: Option<String>,
+    #[arg(long, env = "TWILIO_API_SECRET", hide_env_values = true)]
+    twilio_api_secret: Option<String>,
+    #[arg(
+        long,
+        env = "TWILIO_VIDEO_BASE",
+        default_value = "https://video.twilio.com"
+    )]
+    twilio_video_base: String,
+    /// Our number for voice calls (E.164); default TWILIO_FROM_SMS.
+    #[arg(long, env = "TWILIO_PHONE_NUMBER")]
+    twilio_phone_number: Option<String>,
+    /// Participants may join this long before the start.
+    #[arg(long, env = "VIDEO_JOIN_BEFORE", default_value = "15m")]
+    video_join_before: String,
+    /// Participants may join until this long after the end; then the room is closed.
+    #[arg(long, env = "VIDEO_GRACE", default_value = "30m")]
+    video_grace: String,
+    /// Longest life of a video access token (at most 1h).
+    #[arg(long, env = "VIDEO_TOKEN_TTL", default_value = "1h")]
+    video_token_ttl: String,
     #[arg(long, env = "SMTP_HOST")]
     smtp_host: Option<String>,
     /// Default: 587 with starttls, 465 with tls, 25 with none.
@@ -102,10 +128,85 @@ struct NotificationArgs {
 }
 
 impl NotificationArgs {
+    /// Video and voice settings; reads the Twilio account from `twilio` (TWILIO_ACCOUNT_SID
+    /// and TWILIO_AUTH_TOKEN).
+    fn media(
+        &self,
+        twilio: Option<&consult_reactors::channels::twilio::TwilioConfig>,
+    ) -> Result<Media, Box<dyn std::error::Error>> {
+        use consult_reactors::video::twilio::TwilioVideoConfig;
+        use consult_reactors::voice::twilio::TwilioVoiceConfig;
+        let mut media = Media {
+            join_before: parse_duration("VIDEO_JOIN_BEFORE", &self.video_join_before)?,
+            grace: parse_duration("VIDEO_GRACE", &self.video_grace)?,
+            token_ttl: parse_duration("VIDEO_TOKEN_TTL", &self.video_token_ttl)?,
+            ..Media::default()
+        };
+        if media.token_ttl > std::time::Duration::from_secs(3600) || media.token_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "VIDEO_TOKEN_TTL",
+                message: "must be between 1s and 1h".into(),
+            }
+            .into());
+        }
+        let key = self.twilio_api_key.clone().filter(|k| !k.is_empty());
+        let secret = self.twilio_api_secret.clone().filter(|k| !k.is_empty());
+        let provider = match self.video_provider.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => p.to_owned(),
+            None if key.is_some() && secret.is_some() && twilio.is_some() => "twilio".into(),
+            None => "console".into(),
+        };
+        media.video = match provider.as_str() {
+            "console" => None,
+            "twilio" => {
+                let (Some(twilio), Some(key), Some(secret)) = (twilio, key, secret) else {
+                    return Err(ConfigError::Invalid {
+                        name: "VIDEO_PROVIDER",
+                        message: "twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, \
+                                  TWILIO_API_KEY and TWILIO_API_SECRET"
+                            .into(),
+                    }
+                    .into());
+                };
+                let mut video =
+                    TwilioVideoConfig::new(twilio.account_sid.clone(), twilio.auth_token.clone());
+                video.video_base = self.twilio_video_base.trim_end_matches('/').to_owned();
+                video.api_key_sid = Some(key);
+                video.api_key_secret = Some(secrecy::SecretString::from(secret));
+                Some(video)
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "VIDEO_PROVIDER",
+                    message: "must be twilio or console".into(),
+                }
+                .into())
+            }
+        };
+        let number = self
+            .twilio_phone_number
+            .clone()
+            .or_else(|| self.twilio_from_sms.clone())
+            .filter(|n| !n.is_empty());
+        media.voice = match (twilio, number) {
+            (Some(twilio), Some(number)) => {
+                let mut voice = TwilioVoiceConfig::new(
+                    twilio.account_sid.clone(),
+                    twilio.auth_token.clone(),
+                    number,
+                );
+                voice.api_base = twilio.api_base.clone();
+                Some(voice)
+            }
+            _ => None,
+        };
+        Ok(media)
+    }
+
     fn into_config(
         self,
         data_dir: &std::path::Path,
-    ) -> Result<Notifications, Box<dyn std::error::Error>> {
+    ) -> Result<(Notifications, Media), Box<dyn std::error::Error>> {
         use consult_reactors::channels::smtp::{SmtpConfig, SmtpTls};
         use consult_reactors::channels::twilio::TwilioConfig;
         let mut n = Notifications::new(data_dir);
@@ -133,15 +234,18 @@ impl NotificationArgs {
                 }
             })?;
         n.job_lease = parse_duration("JOB_LEASE", &self.job_lease)?;
-        if let Some(outbox) = self.outbox_file {
+        if let Some(outbox) = self.outbox_file.clone() {
             n.outbox = outbox;
         }
-        n.twilio = match (self.twilio_account_sid, self.twilio_auth_token) {
+        n.twilio = match (
+            self.twilio_account_sid.clone(),
+            self.twilio_auth_token.clone(),
+        ) {
             (Some(sid), Some(token)) if !sid.is_empty() && !token.is_empty() => {
                 let mut twilio = TwilioConfig::new(sid, secrecy::SecretString::from(token));
                 twilio.api_base = self.twilio_api_base.trim_end_matches('/').to_owned();
-                twilio.from_sms = self.twilio_from_sms.filter(|s| !s.is_empty());
-                twilio.from_whatsapp = self.twilio_from_whatsapp.filter(|s| !s.is_empty());
+                twilio.from_sms = self.twilio_from_sms.clone().filter(|s| !s.is_empty());
+                twilio.from_whatsapp = self.twilio_from_whatsapp.clone().filter(|s| !s.is_empty());
                 Some(twilio)
             }
             (None, None) => None,
@@ -153,6 +257,7 @@ impl NotificationArgs {
                 .into())
             }
         };
+        let media = self.media(n.twilio.as_ref())?;
         n.smtp = match self.smtp_host.filter(|h| !h.is_empty()) {
             Some(host) => {
                 let tls = match self.smtp_tls.as_str() {
@@ -176,7 +281,7 @@ impl NotificationArgs {
             }
             None => None,
         };
-        Ok(n)
+        Ok((n, media))
     }
 }
 
@@ -267,7 +372,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             subscription_lease,
             notifications,
         } => {
-            let notifications = notifications.into_config(&storage.data_dir)?;
+            let (notifications, media) = notifications.into_config(&storage.data_dir)?;
             let public_base_url = public_base_url.unwrap_or_else(|| format!("http://{bind}"));
             let config = Config {
                 database_url: database_url(storage.database_url, &storage.data_dir),
@@ -279,6 +384,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 roles: Roles::parse(&roles)?,
                 subscription_lease: parse_duration("SUBSCRIPTION_LEASE", &subscription_lease)?,
                 notifications,
+                media,
             };
             let app = Application::build(&config).await?;
             tracing::info!(

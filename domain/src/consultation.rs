@@ -154,8 +154,31 @@ pub struct Booking {
 /// A video room attached to the consultation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Room {
+    /// Random and unguessable: knowing it is not enough to join (that takes a token).
     pub name: String,
+    /// Which video adapter holds it (`twilio`, `console`).
     pub provider: String,
+    /// The provider's own id for the room (Twilio `RM…`), when it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The start the room was created for; a provider whose rooms close on their own gets a
+    /// new one when the consultation moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_start: Option<DateTime<Utc>>,
+}
+
+/// Why a room was ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomEndReason {
+    /// The consultation completed, was cancelled, or ended otherwise.
+    ConsultationEnded,
+    /// The consultation's end plus the grace period passed.
+    TimeUp,
+    /// The consultation moved and the provider's rooms do not wait that long.
+    Rescheduled,
+    /// The provider closed it (empty or unused too long).
+    ClosedByProvider,
 }
 
 /// Everything one can ask of a consultation. `at` is the caller's clock: decisions never read
@@ -207,6 +230,18 @@ pub enum ConsultationCommand {
         room: Room,
         at: DateTime<Utc>,
     },
+    /// Records that the room called `name` has ended.
+    EndRoom {
+        name: String,
+        reason: RoomEndReason,
+        at: DateTime<Utc>,
+    },
+    /// A participant asks to be connected by phone to the other.
+    RequestCall {
+        call_id: Uuid,
+        by: Party,
+        at: DateTime<Utc>,
+    },
     StartCall {
         via: CallChannel,
         at: DateTime<Utc>,
@@ -238,6 +273,8 @@ pub enum Action {
     Cancel,
     Expire,
     ProvisionRoom,
+    EndRoom,
+    RequestCall,
     StartCall,
     EndCall,
     Complete,
@@ -257,6 +294,8 @@ impl fmt::Display for Action {
             Self::Cancel => "cancel",
             Self::Expire => "expire",
             Self::ProvisionRoom => "provision a room for",
+            Self::EndRoom => "end the room of",
+            Self::RequestCall => "request a call for",
             Self::StartCall => "start the call of",
             Self::EndCall => "end the call of",
             Self::Complete => "complete",
@@ -278,6 +317,8 @@ impl ConsultationCommand {
             Self::Cancel { .. } => Action::Cancel,
             Self::Expire { .. } => Action::Expire,
             Self::ProvisionRoom { .. } => Action::ProvisionRoom,
+            Self::EndRoom { .. } => Action::EndRoom,
+            Self::RequestCall { .. } => Action::RequestCall,
             Self::StartCall { .. } => Action::StartCall,
             Self::EndCall { .. } => Action::EndCall,
             Self::Complete { .. } => Action::Complete,
@@ -304,6 +345,10 @@ pub enum Rule {
     NotPaid,
     /// The call has ended already.
     CallEnded,
+    /// Only voice consultations get phone calls.
+    NotVoice,
+    /// It has no open room by that name.
+    NoSuchRoom,
 }
 
 impl fmt::Display for Rule {
@@ -316,6 +361,8 @@ impl fmt::Display for Rule {
             Self::AlreadyPaid => "it is paid already",
             Self::NotPaid => "it has no payment to refund",
             Self::CallEnded => "its call has ended already",
+            Self::NotVoice => "it is not a voice consultation",
+            Self::NoSuchRoom => "it has no open room by that name",
         })
     }
 }
@@ -390,6 +437,16 @@ pub enum ConsultationEvent {
         room: Room,
         at: DateTime<Utc>,
     },
+    RoomEnded {
+        name: String,
+        reason: RoomEndReason,
+        at: DateTime<Utc>,
+    },
+    CallRequested {
+        call_id: Uuid,
+        by: Party,
+        at: DateTime<Utc>,
+    },
     CallStarted {
         via: CallChannel,
         at: DateTime<Utc>,
@@ -420,6 +477,8 @@ impl ConsultationEvent {
             Self::Cancelled { .. } => "Cancelled",
             Self::Expired { .. } => "Expired",
             Self::RoomProvisioned { .. } => "RoomProvisioned",
+            Self::RoomEnded { .. } => "RoomEnded",
+            Self::CallRequested { .. } => "CallRequested",
             Self::CallStarted { .. } => "CallStarted",
             Self::CallEnded { .. } => "CallEnded",
             Self::Completed { .. } => "Completed",
@@ -440,6 +499,8 @@ impl ConsultationEvent {
             | Self::Cancelled { at, .. }
             | Self::Expired { at, .. }
             | Self::RoomProvisioned { at, .. }
+            | Self::RoomEnded { at, .. }
+            | Self::CallRequested { at, .. }
             | Self::CallStarted { at, .. }
             | Self::CallEnded { at, .. }
             | Self::Completed { at, .. }
@@ -465,6 +526,9 @@ pub struct Consultation {
     pub status: Status,
     pub payment: PaymentStatus,
     pub room: Option<Room>,
+    /// Whether `room` has ended (it stays for the record).
+    #[serde(default)]
+    pub room_ended: bool,
     pub call_started: bool,
     pub call_ended: bool,
     /// When the last event happened.
@@ -476,6 +540,11 @@ pub struct Consultation {
 impl Consultation {
     pub fn starts_at(&self) -> Option<DateTime<Utc>> {
         self.booking.as_ref().map(|b| b.starts_at.instant())
+    }
+
+    /// The room participants can join now, if any.
+    pub fn open_room(&self) -> Option<&Room> {
+        self.room.as_ref().filter(|_| !self.room_ended)
     }
 
     pub fn ends_at(&self) -> Option<DateTime<Utc>> {
@@ -604,10 +673,22 @@ impl Consultation {
                 S::Confirmed | S::InProgress if booking.mode != Mode::Video => {
                     return Err(refused(Rule::NotVideo))
                 }
-                S::Confirmed | S::InProgress if self.room.is_some() => {
+                S::Confirmed | S::InProgress if self.open_room().is_some() => {
                     return Err(refused(Rule::RoomExists))
                 }
                 S::Confirmed | S::InProgress => E::RoomProvisioned { room, at },
+                _ => return Err(invalid()),
+            },
+            // A room can end in any state: closing it is what follows a cancellation.
+            C::EndRoom { name, reason, at } => match self.open_room() {
+                Some(room) if room.name == name => E::RoomEnded { name, reason, at },
+                _ => return Err(refused(Rule::NoSuchRoom)),
+            },
+            C::RequestCall { call_id, by, at } => match state {
+                S::Confirmed | S::InProgress if booking.mode != Mode::Voice => {
+                    return Err(refused(Rule::NotVoice))
+                }
+                S::Confirmed | S::InProgress => E::CallRequested { call_id, by, at },
                 _ => return Err(invalid()),
             },
             C::StartCall { via, at } => match state {
@@ -680,7 +761,12 @@ impl Consultation {
             }
             E::Cancelled { .. } => self.status = S::Cancelled,
             E::Expired { .. } => self.status = S::Expired,
-            E::RoomProvisioned { room, .. } => self.room = Some(room),
+            E::RoomProvisioned { room, .. } => {
+                self.room = Some(room);
+                self.room_ended = false;
+            }
+            E::RoomEnded { .. } => self.room_ended = true,
+            E::CallRequested { .. } => {}
             E::CallStarted { .. } => {
                 self.call_started = true;
                 self.status = S::InProgress;

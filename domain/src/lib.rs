@@ -7,7 +7,7 @@ pub mod values;
 
 pub use consultation::{
     Action, Booking, CallChannel, Canceller, Consultation, ConsultationCommand, ConsultationError,
-    ConsultationEvent, ExpiryCause, Mode, Party, PaymentStatus, Room, Rule, Status,
+    ConsultationEvent, ExpiryCause, Mode, Party, PaymentStatus, Room, RoomEndReason, Rule, Status,
 };
 pub use provider::{Provider, ProviderCommand, ProviderError, ProviderEvent, ProviderProfile};
 pub use values::{

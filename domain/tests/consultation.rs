@@ -6,8 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use consult_domain::{
     Action, Booking, BoundedText, CallChannel, Canceller, Consultation, ConsultationCommand,
     ConsultationError, ConsultationEvent, Contact, DurationMinutes, EmailAddress, ExpiryCause,
-    Mode, Party, PatientId, PaymentStatus, PhoneNumber, ProviderId, Room, Rule, StartTime, Status,
-    TimeZone,
+    Mode, Party, PatientId, PaymentStatus, PhoneNumber, ProviderId, Room, RoomEndReason, Rule,
+    StartTime, Status, TimeZone,
 };
 use cqrs_es::test::TestFramework;
 use cqrs_es::Aggregate;
@@ -88,6 +88,8 @@ fn room() -> Room {
     Room {
         name: "consult-0b6e8f5c".to_owned(),
         provider: "daily".to_owned(),
+        sid: None,
+        for_start: None,
     }
 }
 
@@ -1589,4 +1591,132 @@ fn closing_events_set_their_status() {
     ] {
         assert_eq!(state_from(&given).status, status, "{name}");
     }
+}
+
+// =============================================================================================
+// Rooms and calls.
+// =============================================================================================
+
+fn room_ended_on(reason: RoomEndReason, at: DateTime<Utc>) -> ConsultationEvent {
+    ConsultationEvent::RoomEnded {
+        name: room().name,
+        reason,
+        at,
+    }
+}
+
+fn end_room_cmd(name: &str, at: DateTime<Utc>) -> ConsultationCommand {
+    ConsultationCommand::EndRoom {
+        name: name.to_owned(),
+        reason: RoomEndReason::ConsultationEnded,
+        at,
+    }
+}
+
+#[test]
+fn an_open_room_ends_once_even_after_the_consultation_closed() {
+    let cancelled = with(
+        confirmed_with_room(),
+        [cancelled_by(Canceller::Provider, before_start())],
+    );
+    TestFramework::<Consultation>::with(())
+        .given(cancelled.clone())
+        .when(end_room_cmd(&room().name, before_start()))
+        .then_expect_events(vec![room_ended_on(
+            RoomEndReason::ConsultationEnded,
+            before_start(),
+        )]);
+    let ended = with(
+        cancelled,
+        [room_ended_on(
+            RoomEndReason::ConsultationEnded,
+            before_start(),
+        )],
+    );
+    let state = state_from(&ended);
+    assert!(state.room_ended && state.open_room().is_none());
+    assert_eq!(state.room, Some(room()), "the room stays on record");
+    assert_eq!(
+        decide(ended, end_room_cmd(&room().name, before_start())).err(),
+        Some(refused(
+            Action::EndRoom,
+            Status::Cancelled,
+            Rule::NoSuchRoom
+        )),
+        "a second end is refused"
+    );
+}
+
+#[test]
+fn ending_a_room_by_another_name_is_refused() {
+    assert_eq!(
+        decide(
+            confirmed_with_room(),
+            end_room_cmd("consult-other", start())
+        )
+        .err(),
+        Some(refused(
+            Action::EndRoom,
+            Status::Confirmed,
+            Rule::NoSuchRoom
+        ))
+    );
+    assert_eq!(
+        decide(confirmed(), end_room_cmd(&room().name, start())).err(),
+        Some(refused(
+            Action::EndRoom,
+            Status::Confirmed,
+            Rule::NoSuchRoom
+        ))
+    );
+}
+
+#[test]
+fn an_ended_room_can_be_replaced_but_an_open_one_cannot() {
+    assert_eq!(
+        decide(confirmed_with_room(), provision_room_cmd(before_start())).err(),
+        Some(refused(
+            Action::ProvisionRoom,
+            Status::Confirmed,
+            Rule::RoomExists
+        ))
+    );
+    let ended = with(
+        confirmed_with_room(),
+        [room_ended_on(RoomEndReason::Rescheduled, before_start())],
+    );
+    TestFramework::<Consultation>::with(())
+        .given(ended)
+        .when(provision_room_cmd(before_start()))
+        .then_expect_events(vec![room_provisioned_on(before_start())]);
+}
+
+#[test]
+fn only_a_confirmed_voice_consultation_takes_call_requests() {
+    let call_id = Uuid::from_u128(7);
+    let request = |at| ConsultationCommand::RequestCall {
+        call_id,
+        by: Party::Patient,
+        at,
+    };
+    TestFramework::<Consultation>::with(())
+        .given(confirmed_as(Mode::Voice))
+        .when(request(start()))
+        .then_expect_events(vec![ConsultationEvent::CallRequested {
+            call_id,
+            by: Party::Patient,
+            at: start(),
+        }]);
+    assert_eq!(
+        decide(confirmed_as(Mode::Video), request(start())).err(),
+        Some(refused(
+            Action::RequestCall,
+            Status::Confirmed,
+            Rule::NotVoice
+        ))
+    );
+    assert_eq!(
+        decide(cancelled_after_payment(), request(start())).err(),
+        Some(invalid(Action::RequestCall, Status::Cancelled))
+    );
 }

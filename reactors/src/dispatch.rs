@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::channels::{Channel, ChannelKind, Message};
 use crate::jobs::{self, Job, JobKind};
+use crate::media::{Media, MediaOutcome};
 use crate::messages::{self, Facts, PaymentFacts, RefundNote, ReminderFacts};
 use crate::reactor::{self, DeadlinePayload, NotifyPayload, ReactorConfig, ReminderPayload};
 
@@ -145,6 +146,8 @@ pub struct Dispatcher {
     channels: Channels,
     config: ReactorConfig,
     options: DispatcherOptions,
+    /// Room and call jobs; `None` dead-letters them.
+    media: Option<Media>,
 }
 
 /// How one run of a job ended.
@@ -178,7 +181,14 @@ impl Dispatcher {
             channels,
             config,
             options,
+            media: None,
         }
+    }
+
+    /// Runs room and call jobs with these providers.
+    pub fn with_media(mut self, media: Media) -> Self {
+        self.media = Some(media);
+        self
     }
 
     /// Claims and runs due jobs until `stop` turns true. `wake` is bumped by the reactor of
@@ -268,6 +278,21 @@ impl Dispatcher {
             Some(JobKind::Notify) => self.notify(job).await,
             Some(JobKind::Reminder) => self.reminder(job).await,
             Some(JobKind::Deadline) => self.deadline(job).await,
+            Some(kind @ (JobKind::Room | JobKind::Call)) => match &self.media {
+                None => Outcome::Dead("no video or voice provider in this worker".into()),
+                Some(media) => {
+                    let outcome = if kind == JobKind::Room {
+                        media.run_room(&self.store, job).await
+                    } else {
+                        media.run_call(&self.store, job).await
+                    };
+                    match outcome {
+                        MediaOutcome::Done => Outcome::Done,
+                        MediaOutcome::Retry(error) => Outcome::Retry(error),
+                        MediaOutcome::Dead(error) => Outcome::Dead(error),
+                    }
+                }
+            },
             None => Outcome::Dead(format!("unknown job kind {}", job.kind)),
         };
         (kind, outcome)

@@ -17,6 +17,11 @@ pub enum JobKind {
     Reminder,
     /// A deadline timer: when due, re-checks the consultation and expires it if still due.
     Deadline,
+    /// Create or end a consultation's video room (creation and the end-of-time close are
+    /// timers too).
+    Room,
+    /// Place a phone call between the two participants.
+    Call,
 }
 
 impl JobKind {
@@ -25,6 +30,8 @@ impl JobKind {
             Self::Notify => "notify",
             Self::Reminder => "reminder",
             Self::Deadline => "deadline",
+            Self::Room => "room",
+            Self::Call => "call",
         }
     }
 
@@ -33,6 +40,8 @@ impl JobKind {
             "notify" => Some(Self::Notify),
             "reminder" => Some(Self::Reminder),
             "deadline" => Some(Self::Deadline),
+            "room" => Some(Self::Room),
+            "call" => Some(Self::Call),
             _ => None,
         }
     }

@@ -1,13 +1,19 @@
 //! Side effects of consultation events, durable and visible: a reactor subscription turns events
-//! into jobs (notifications, reminder and deadline timers) in the transaction that moves its
+//! into jobs (notifications, reminder and deadline timers, video rooms, phone calls) in the transaction that moves its
 //! checkpoint, and a dispatcher runs due jobs with retries, backoff and a dead-letter state.
 
 pub mod channels;
 pub mod dispatch;
 pub mod jobs;
+pub mod media;
 pub mod messages;
 pub mod reactor;
+pub mod rooms;
 pub mod twilio_signature;
+pub mod video;
+pub mod voice;
 
 pub use dispatch::{Channels, Dispatcher, DispatcherOptions, FloodGuard};
+pub use media::Media;
 pub use reactor::{parse_reminders, NotificationsReactor, ReactorConfig, ReminderSpec};
+pub use rooms::{RoomsConfig, RoomsReactor};

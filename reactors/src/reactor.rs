@@ -284,7 +284,7 @@ impl Handler for NotificationsReactor {
 }
 
 /// The consultation as it stood before `sequence`.
-async fn state_before(
+pub(crate) async fn state_before(
     tx: &mut Tx<'_>,
     id: &str,
     sequence: i64,
@@ -310,7 +310,7 @@ async fn state_before(
 }
 
 /// A provider's profile from its stream.
-async fn provider_profile(
+pub(crate) async fn provider_profile(
     tx: &mut Tx<'_>,
     id: &str,
 ) -> Result<Option<ProviderProfile>, HandlerError> {
@@ -527,7 +527,12 @@ fn deadline_job(context: &Context<'_>, cause: ExpiryCause, due: DateTime<Utc>) -
     };
     NewJob {
         id: uuid::Uuid::new_v4().to_string(),
-        key: format!("deadline:{}:{tag}:{}", context.id, millis(due)),
+        key: format!(
+            "deadline:{}:{}:{tag}:{}",
+            context.id,
+            context.sequence,
+            millis(due)
+        ),
         kind: JobKind::Deadline,
         consultation_id: context.id.to_owned(),
         payload: serde_json::json!(DeadlinePayload { cause, due_at: due }),
@@ -554,8 +559,9 @@ fn reminder_jobs(context: &Context<'_>, starts_at: DateTime<Utc>, plan: &mut Pla
         plan.queue(NewJob {
             id: uuid::Uuid::new_v4().to_string(),
             key: format!(
-                "reminder:{}:{}:{}",
+                "reminder:{}:{}:{}:{}",
                 context.id,
+                context.sequence,
                 spec.offset.as_secs(),
                 millis(starts_at)
             ),

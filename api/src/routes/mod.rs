@@ -2,6 +2,7 @@ pub mod admin;
 pub mod consultations;
 pub mod docs;
 pub mod health;
+pub mod media;
 pub mod notifications;
 pub mod providers;
 pub mod reads;

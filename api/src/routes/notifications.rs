@@ -162,31 +162,7 @@ pub async fn twilio_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(twilio) = state.twilio.as_ref() else {
-        return Err(ApiError::Forbidden("Twilio is not configured"));
-    };
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let url = format!(
-        "{}{}",
-        twilio.public_base_url.trim_end_matches('/'),
-        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
-    );
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    use secrecy::ExposeSecret as _;
-    if !consult_reactors::twilio_signature::verify(
-        twilio.auth_token.expose_secret(),
-        &url,
-        &params,
-        signature,
-    ) {
-        tracing::warn!("Twilio message callback with a bad or missing signature refused");
-        return Err(ApiError::Forbidden("bad or missing X-Twilio-Signature"));
-    }
+    let params = super::media::verify_twilio(&state, &uri, &headers, &body)?;
     let field = |name: &str| {
         params
             .iter()

@@ -212,6 +212,7 @@ fn config(db: &TestDb) -> Config {
         jwt_secret: SecretString::from(SECRET),
         subscription_lease: std::time::Duration::from_secs(10),
         notifications: consult::config::Notifications::new(&db.data_dir),
+        media: consult::config::Media::default(),
     }
 }
 

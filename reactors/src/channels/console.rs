@@ -61,6 +61,39 @@ impl ConsoleSink {
         &self.path
     }
 
+    /// Appends one event that is not a message (a video room created, say) as a JSON line
+    /// with the time.
+    pub async fn record(&self, event: &serde_json::Value) -> Result<(), SendError> {
+        let mut line = serde_json::json!({ "at": chrono::Utc::now().to_rfc3339() });
+        if let (Some(line), Some(event)) = (line.as_object_mut(), event.as_object()) {
+            line.extend(event.clone());
+        }
+        let bytes = serde_json::to_vec(&line)
+            .map_err(|error| SendError::permanent(format!("cannot encode event: {error}")))?;
+        self.append(bytes).await
+    }
+
+    /// Appends one line: the lock keeps lines whole and in order; the blocking write runs off
+    /// the runtime.
+    async fn append(&self, mut bytes: Vec<u8>) -> Result<(), SendError> {
+        bytes.push(b'\n');
+        let mut file = Arc::clone(&self.file).lock_owned().await;
+        let written = tokio::task::spawn_blocking(move || {
+            file.write_all(&bytes)?;
+            file.flush()
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(SendError::retryable(format!(
+                "cannot write to the console sink file: {error}"
+            ))),
+            Err(_) => Err(SendError::retryable(
+                "the console sink write was interrupted",
+            )),
+        }
+    }
+
     async fn write(&self, message: &Message) -> Result<Sent, SendError> {
         let line = Line {
             at: chrono::Utc::now().to_rfc3339(),
@@ -71,30 +104,9 @@ impl ConsoleSink {
             html: message.html.as_deref(),
             notification_id: &message.notification_id,
         };
-        let mut bytes = serde_json::to_vec(&line)
+        let bytes = serde_json::to_vec(&line)
             .map_err(|error| SendError::permanent(format!("cannot encode message: {error}")))?;
-        bytes.push(b'\n');
-
-        // The lock keeps lines whole and in order; the blocking write runs off the runtime.
-        let mut file = Arc::clone(&self.file).lock_owned().await;
-        let written = tokio::task::spawn_blocking(move || {
-            file.write_all(&bytes)?;
-            file.flush()
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                return Err(SendError::retryable(format!(
-                    "cannot write to the console sink file: {error}"
-                )))
-            }
-            Err(_) => {
-                return Err(SendError::retryable(
-                    "the console sink write was interrupted",
-                ))
-            }
-        }
+        self.append(bytes).await?;
 
         tracing::info!(
             channel = %message.channel,

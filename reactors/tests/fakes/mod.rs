@@ -5,3 +5,4 @@
 
 pub mod smtp;
 pub mod twilio;
+pub mod video;
