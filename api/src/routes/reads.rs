@@ -106,7 +106,9 @@ fn view(summary: &Summary, with_reason: bool) -> Value {
         "duration_minutes": booking.map(|b| b.duration.minutes()),
         "timezone": booking.map(|b| b.timezone.name()),
         "mode": summary.mode,
-        "room": state.room.as_ref().map(|r| json!({"name": r.name, "provider": r.provider})),
+        "room": state.room.as_ref().map(|r| {
+            json!({"name": r.name, "provider": r.provider, "ended": state.room_ended})
+        }),
         "version": summary.version,
         "position": summary.position,
         "updated_at": instant(summary.updated_at_ms),
