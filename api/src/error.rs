@@ -48,6 +48,9 @@ pub enum ApiError {
     /// not ready): 409 with a specific code.
     #[error("{message}")]
     NotNow { code: &'static str, message: String },
+    /// A webhook's signature is missing, wrong or stale: 400.
+    #[error("{0}")]
+    BadSignature(String),
     /// A capability this deployment has not configured (no video or voice provider): 503.
     #[error("{0}")]
     NotConfigured(String),
@@ -66,7 +69,9 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Validation { .. } | Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MalformedBody(_) | Self::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            Self::MalformedBody(_) | Self::BadQuery { .. } | Self::BadSignature(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -103,6 +108,7 @@ impl ApiError {
             Self::Unavailable => "storage_unavailable",
             Self::NotNow { code, .. } => code,
             Self::NotConfigured(_) => "not_configured",
+            Self::BadSignature(_) => "bad_signature",
             Self::Internal(_) => "internal",
         }
     }

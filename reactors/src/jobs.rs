@@ -123,6 +123,15 @@ pub async fn insert(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> Result<bool, 
     Ok(done == 1)
 }
 
+/// Whether a job with this key was ever queued (whatever became of it since).
+pub async fn exists(tx: &mut Tx<'_>, key: &str) -> Result<bool, sqlx::Error> {
+    const SQL: &str = "SELECT count(*) FROM jobs WHERE key = $1";
+    let count: i64 = with_tx!(tx, conn => {
+        sqlx::query_scalar(SQL).bind(key).fetch_one(conn).await?
+    });
+    Ok(count > 0)
+}
+
 /// Cancels the pending timers of a consultation (reminders, deadlines or both).
 pub async fn cancel_timers(
     tx: &mut Tx<'_>,

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod jobs;
 pub mod media;
 pub mod messages;
+pub mod payments;
 pub mod reactor;
 pub mod rooms;
 pub mod twilio_signature;

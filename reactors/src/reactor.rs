@@ -178,10 +178,10 @@ pub fn recipient_key(to: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What one batch does to the jobs, in event order.
+/// What one batch does to the jobs, in event order: one group of steps per event.
 #[derive(Default)]
 struct Plan {
-    steps: Vec<Step>,
+    groups: Vec<Vec<Step>>,
 }
 
 enum Step {
@@ -191,12 +191,24 @@ enum Step {
 }
 
 impl Plan {
+    /// Starts the steps of the next event.
+    fn begin(&mut self) {
+        self.groups.push(Vec::new());
+    }
+
+    fn push(&mut self, step: Step) {
+        match self.groups.last_mut() {
+            Some(group) => group.push(step),
+            None => self.groups.push(vec![step]),
+        }
+    }
+
     fn queue(&mut self, job: NewJob) {
-        self.steps.push(Step::Queue(job));
+        self.push(Step::Queue(job));
     }
 
     fn cancel(&mut self, id: &str, kind: JobKind) {
-        self.steps.push(Step::Cancel(id.to_owned(), kind));
+        self.push(Step::Cancel(id.to_owned(), kind));
     }
 }
 
@@ -250,20 +262,36 @@ impl Handler for NotificationsReactor {
                     sequence: event.sequence,
                     now,
                 };
+                plan.begin();
                 react(&context, &before, &after, &parsed, provider, &mut plan);
             }
             let now_ms = millis(now);
             let mut queued = 0;
-            for step in &plan.steps {
-                match step {
-                    Step::Cancel(id, kind) => {
-                        jobs::cancel_timers(tx, id, *kind, now_ms).await?;
+            for group in &plan.groups {
+                // An event handled before (a replay of the log) changes nothing: its jobs exist
+                // already, and cancelling now would drop timers that later events queued and
+                // that its inserts, all refused as duplicates, would not put back.
+                let first = group.iter().find_map(|step| match step {
+                    Step::Queue(job) => Some(job.key.as_str()),
+                    Step::Cancel(..) => None,
+                });
+                let cancels = group.iter().any(|step| matches!(step, Step::Cancel(..)));
+                if let (true, Some(first)) = (cancels, first) {
+                    if jobs::exists(tx, first).await? {
+                        continue;
                     }
-                    Step::Queue(job) => {
-                        if jobs::insert(tx, job, now_ms).await? {
-                            queued += 1;
-                            if job.kind == JobKind::Notify {
-                                insert_log(tx, job, now_ms).await?;
+                }
+                for step in group {
+                    match step {
+                        Step::Cancel(id, kind) => {
+                            jobs::cancel_timers(tx, id, *kind, now_ms).await?;
+                        }
+                        Step::Queue(job) => {
+                            if jobs::insert(tx, job, now_ms).await? {
+                                queued += 1;
+                                if job.kind == JobKind::Notify {
+                                    insert_log(tx, job, now_ms).await?;
+                                }
                             }
                         }
                     }

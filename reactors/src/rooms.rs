@@ -8,7 +8,9 @@
 //! | CallRequested | place the call; a row in `calls` |
 //!
 //! A room's name is drawn at random when its creation job is queued and kept in the job, so a
-//! retry or a redelivery asks the provider for the same room and never makes a second one.
+//! retry or a redelivery asks the provider for the same room and never makes a second one. An
+//! event's jobs replace the consultation's pending room jobs only the first time it is
+//! handled: a redelivery or a replay of the log neither queues nor cancels anything.
 //! The dispatcher runs the jobs (`media.rs`), re-checking the consultation first.
 
 use std::collections::HashMap;
@@ -107,8 +109,15 @@ fn concerns_rooms(event_type: &str) -> bool {
 }
 
 enum Step {
+    /// The room jobs an event calls for, replacing the consultation's pending room jobs (the
+    /// timers of an old slot). An event handled before (a redelivered batch, a replay of the
+    /// log) changes nothing: its first job exists already, and the jobs it queued then, or
+    /// those that replaced them since, stand.
+    Replace {
+        consultation_id: String,
+        jobs: Vec<NewJob>,
+    },
     Queue(NewJob),
-    Cancel(String),
     Call {
         id: String,
         consultation_id: String,
@@ -170,12 +179,11 @@ impl RoomsReactor {
                 || matches!(event, ConsultationEvent::Rescheduled { .. }));
         if confirmed_now {
             // A move replaces the timers of the old slot.
-            steps.push(Step::Cancel(id.to_owned()));
             let due = match self.config.provision_lead {
                 Some(lead) => (starts_at - chrono_duration(lead)).max(now),
                 None => now,
             };
-            steps.push(Step::Queue(NewJob {
+            let create = NewJob {
                 id: uuid::Uuid::new_v4().to_string(),
                 key: format!("room:create:{id}:{sequence}:{}", millis(starts_at)),
                 kind: JobKind::Room,
@@ -186,9 +194,9 @@ impl RoomsReactor {
                 }),
                 due_at_ms: millis(due),
                 max_attempts: self.config.max_attempts,
-            }));
+            };
             let close = ends_at + chrono_duration(self.config.grace);
-            steps.push(Step::Queue(NewJob {
+            let close = NewJob {
                 id: uuid::Uuid::new_v4().to_string(),
                 key: format!("room:close:{id}:{sequence}:{}", millis(close)),
                 kind: JobKind::Room,
@@ -198,10 +206,13 @@ impl RoomsReactor {
                 }),
                 due_at_ms: millis(close),
                 max_attempts: self.config.max_attempts,
-            }));
+            };
+            steps.push(Step::Replace {
+                consultation_id: id.to_owned(),
+                jobs: vec![create, close],
+            });
         } else if live(before.status) && !live(after.status) {
-            steps.push(Step::Cancel(id.to_owned()));
-            steps.push(Step::Queue(NewJob {
+            let end = NewJob {
                 id: uuid::Uuid::new_v4().to_string(),
                 key: format!("room:end:{id}:{sequence}"),
                 kind: JobKind::Room,
@@ -211,7 +222,11 @@ impl RoomsReactor {
                 }),
                 due_at_ms: millis(now),
                 max_attempts: self.config.max_attempts,
-            }));
+            };
+            steps.push(Step::Replace {
+                consultation_id: id.to_owned(),
+                jobs: vec![end],
+            });
         }
         Ok(())
     }
@@ -264,8 +279,25 @@ impl Handler for RoomsReactor {
             let mut queued = 0;
             for step in &steps {
                 match step {
-                    Step::Cancel(id) => {
-                        jobs::cancel_timers(tx, id, JobKind::Room, now_ms).await?;
+                    Step::Replace {
+                        consultation_id,
+                        jobs: new,
+                    } => {
+                        let handled = match new.first() {
+                            Some(first) => jobs::exists(tx, &first.key).await?,
+                            None => true,
+                        };
+                        if handled {
+                            // Cancelling now would drop the live timers for good: the inserts
+                            // below would find every key taken.
+                            continue;
+                        }
+                        jobs::cancel_timers(tx, consultation_id, JobKind::Room, now_ms).await?;
+                        for job in new {
+                            if jobs::insert(tx, job, now_ms).await? {
+                                queued += 1;
+                            }
+                        }
                     }
                     Step::Queue(job) => {
                         if jobs::insert(tx, job, now_ms).await? {
@@ -306,7 +338,7 @@ impl Handler for RoomsReactor {
     }
 
     /// Jobs are not a read model: a reset keeps them, and a replay queues nothing new since
-    /// every key exists already.
+    /// every key exists already (nor cancels the timers still pending).
     fn reset<'a>(&'a self, _tx: &'a mut Tx<'_>) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async { Ok(()) })
     }

@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod delivery;
 mod lifecycle;
+mod media;
 mod notifications;
 mod privacy;
 mod reads;

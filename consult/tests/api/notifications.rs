@@ -16,12 +16,13 @@ use serde_json::{json, Value};
 use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
-/// One line of the outbox file.
+/// The messages in the outbox file (which also records console video rooms).
 fn outbox(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|line| serde_json::from_str(line).expect("an outbox line is JSON"))
+        .map(|line| serde_json::from_str::<Value>(line).expect("an outbox line is JSON"))
+        .filter(|line| line.get("notification_id").is_some())
         .collect()
 }
 
@@ -529,7 +530,102 @@ async fn deadlines_expire_unaccepted_and_unpaid_consultations(backend: Backend) 
     }
 }
 
+/// A replay of the reactors (their checkpoints back to 0) leaves every timer as it was: the
+/// moved consultation keeps its new reminders, deadlines and room timers, and nothing that was
+/// cancelled comes back.
+async fn a_replay_of_the_reactors_keeps_the_timers(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    app.register_provider("prov-2").await;
+    let start = Utc::now() + chrono::Duration::days(3);
+    let moved = book_with(&app, "pat-1", "prov-1", start).await;
+    act(&app, Role::Provider, "prov-1", &moved, "accept", json!({})).await;
+    confirm_payment(&app, &moved).await;
+    let new_start = start + chrono::Duration::days(1);
+    act(
+        &app,
+        Role::Patient,
+        "pat-1",
+        &moved,
+        "reschedule",
+        json!({"starts_at": new_start.format("%Y-%m-%dT%H:%M:%SZ").to_string()}),
+    )
+    .await;
+    // Accepted but unpaid: a payment deadline is pending.
+    let unpaid = book_with(&app, "pat-2", "prov-2", start).await;
+    act(&app, Role::Provider, "prov-2", &unpaid, "accept", json!({})).await;
+
+    let count = |status: &'static str, kind: &'static str| {
+        let db = &app.db;
+        async move {
+            db.scalar(&format!(
+                "SELECT count(*) FROM jobs WHERE status = '{status}' AND kind = '{kind}'"
+            ))
+            .await
+        }
+    };
+    // Reminders: 3 for the new start (the old 3 cancelled); a deadline for the unpaid one;
+    // the room's close timer for the new slot (the console provider's rooms are made at once).
+    let settled = eventually(Duration::from_secs(10), || async {
+        count("pending", "reminder").await == 3
+            && count("pending", "deadline").await == 1
+            && count("pending", "room").await == 1
+    })
+    .await;
+    assert!(settled, "the timers are queued");
+    let before: Vec<i64> = vec![
+        count("cancelled", "reminder").await,
+        count("cancelled", "deadline").await,
+        count("cancelled", "room").await,
+    ];
+
+    let store = Store::connect(&StoreOptions::new(app.db.url.clone()))
+        .await
+        .expect("store");
+    consult_store::with_pool!(store.db(), pool => {
+        sqlx::query("UPDATE subscriptions SET position = 0, transaction_id = '0', applied = 0 \
+                     WHERE name IN ('notifications', 'rooms')")
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+    .expect("rewind the reactors");
+    store.close().await;
+    let head = app.db.head_position().await;
+    let admin = app.token(Role::Admin, "admin-1");
+    let replayed = eventually(Duration::from_secs(10), || async {
+        let body: Value = app
+            .get("/v1/admin/subscriptions", &admin)
+            .await
+            .json()
+            .await
+            .expect("json");
+        body["subscriptions"]
+            .as_array()
+            .expect("subscriptions")
+            .iter()
+            .filter(|s| s["name"] == "notifications" || s["name"] == "rooms")
+            .all(|s| {
+                s["position"].as_i64() >= Some(head) && s["applied_since_reset"].as_i64() > Some(0)
+            })
+    })
+    .await;
+    assert!(replayed, "both reactors replayed the log");
+    assert_eq!(count("pending", "reminder").await, 3, "reminders kept");
+    assert_eq!(count("pending", "deadline").await, 1, "deadline kept");
+    assert_eq!(count("pending", "room").await, 1, "room timer kept");
+    let after: Vec<i64> = vec![
+        count("cancelled", "reminder").await,
+        count("cancelled", "deadline").await,
+        count("cancelled", "room").await,
+    ];
+    assert_eq!(before, after, "nothing more cancelled");
+}
+
 on_both_backends!(
+    a_replay_of_the_reactors_keeps_the_timers,
     a_flood_of_messages_to_one_recipient_is_stopped,
     deadlines_expire_unaccepted_and_unpaid_consultations,
     every_step_tells_the_right_party_once,
