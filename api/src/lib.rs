@@ -55,6 +55,29 @@ pub struct AppState {
     pub twilio: Option<TwilioWebhook>,
     /// Video access tokens and voice calls.
     pub media: MediaSettings,
+    /// The payment webhook and the cancellation policy.
+    pub payments: PaymentSettings,
+}
+
+/// The payment webhook's secret and the cancellation policy.
+#[derive(Clone)]
+pub struct PaymentSettings {
+    /// `whsec_…`; `None`: the webhook answers 503.
+    pub secret: Option<secrecy::SecretString>,
+    /// How old a signature's timestamp may be.
+    pub tolerance: std::time::Duration,
+    /// A patient cancelling less than this before the start is not refunded.
+    pub refund_notice: std::time::Duration,
+}
+
+impl fmt::Debug for PaymentSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaymentSettings")
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("tolerance", &self.tolerance)
+            .field("refund_notice", &self.refund_notice)
+            .finish()
+    }
 }
 
 /// What the video-token and voice-call routes need.
@@ -95,7 +118,8 @@ pub struct RequestId(pub String);
 /// All routes, with the body limit, request ids and request logging.
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, consultations as c, health, media as m, notifications as n, providers as p, reads,
+        admin, consultations as c, health, media as m, notifications as n, payments as pay,
+        providers as p, reads,
     };
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -106,6 +130,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dead-letters", get(n::dead_letters))
         .route("/v1/admin/dead-letters/{id}/retry", post(n::retry))
         .route("/v1/webhooks/twilio/messages", post(n::twilio_status))
+        .route("/v1/webhooks/payments", post(pay::webhook))
+        .route("/v1/admin/payment-events", get(pay::events))
         .route("/v1/webhooks/twilio/calls", post(m::call_status))
         .route("/v1/webhooks/twilio/rooms", post(m::room_status))
         .route("/v1/webhooks/twilio/voice/{id}", post(m::voice_twiml))

@@ -193,7 +193,8 @@ async fn run_on(
             .bearer_auth(&admin)
             .json(
                 &json!({"id": format!("bench-prov-{c}"), "name": "Bench Provider",
-                "phone": "+14155550100", "email": "bench@example.org", "timezone": "UTC"}),
+                "phone": "+14155550100", "email": "bench@example.org", "timezone": "UTC",
+                "fee": {"amount_minor": 4500, "currency": "EUR"}}),
             )
             .send()
             .await?;
@@ -589,7 +590,8 @@ async fn notifications(
             .bearer_auth(&admin)
             .json(
                 &json!({"id": provider, "name": "Bench Provider", "phone": phone,
-                "email": "bench@example.org", "timezone": "UTC"}),
+                "email": "bench@example.org", "timezone": "UTC",
+                "fee": {"amount_minor": 4500, "currency": "EUR"}}),
             )
             .send()
             .await?;
@@ -861,6 +863,7 @@ fn stream_templates() -> Vec<(&'static str, String)> {
         timezone,
         contact,
         reason: None,
+        price: None,
     };
     let ends = start + chrono::Duration::minutes(30);
     let events = [

@@ -60,6 +60,33 @@ pub struct Config {
     pub subscription_lease: Duration,
     pub notifications: Notifications,
     pub media: Media,
+    pub payments: Payments,
+}
+
+/// Payments: the webhook, refunds, the cancellation policy.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    /// `PAYMENT_WEBHOOK_SECRET` (`whsec_…`); `None`: the webhook answers 503.
+    pub webhook_secret: Option<SecretString>,
+    /// `PAYMENT_WEBHOOK_TOLERANCE`: how old a signature may be (300 s).
+    pub tolerance: Duration,
+    /// `CANCELLATION_NOTICE`: a patient cancelling later than this before the start is not
+    /// refunded (24 h).
+    pub refund_notice: Duration,
+    /// `PAYMENT_API_KEY` (+ `PAYMENT_API_BASE`): refunds through Stripe; `None`: refunds are
+    /// written to the outbox file.
+    pub stripe: Option<consult_reactors::payments::stripe::StripeConfig>,
+}
+
+impl Default for Payments {
+    fn default() -> Self {
+        Self {
+            webhook_secret: None,
+            tolerance: Duration::from_secs(300),
+            refund_notice: Duration::from_secs(24 * 3600),
+            stripe: None,
+        }
+    }
 }
 
 /// Video rooms and voice calls.

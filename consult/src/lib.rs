@@ -8,15 +8,15 @@ pub mod secret;
 use std::future::Future;
 use std::sync::Arc;
 
-use consult_api::{AppState, MediaSettings, SystemClock, TokenKey, TwilioWebhook};
+use consult_api::{AppState, MediaSettings, PaymentSettings, SystemClock, TokenKey, TwilioWebhook};
 use consult_reactors::channels::console::ConsoleSink;
 use consult_reactors::channels::smtp::SmtpEmail;
 use consult_reactors::channels::twilio::TwilioMessages;
 use consult_reactors::channels::Channel;
 use consult_reactors::video::VideoProvider;
 use consult_reactors::{
-    Channels, Dispatcher, DispatcherOptions, Media, NotificationsReactor, ReactorConfig,
-    RoomsConfig, RoomsReactor,
+    Channels, Dispatcher, DispatcherOptions, Media, NotificationsReactor, ReactorConfig, Refunds,
+    RefundsReactor, RoomsConfig, RoomsReactor,
 };
 use consult_store::{Runner, RunnerOptions, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
@@ -50,6 +50,8 @@ pub struct Application {
     runner: RunnerOptions,
     reactor: ReactorConfig,
     rooms: RoomsConfig,
+    /// Attempts of a refund job.
+    reactor_attempts: i32,
     dispatcher: Dispatcher,
 }
 
@@ -98,6 +100,29 @@ impl Application {
                 grace: config.media.grace,
                 token_ttl: config.media.token_ttl,
             },
+            payments: PaymentSettings {
+                secret: config.payments.webhook_secret.clone(),
+                tolerance: config.payments.tolerance,
+                refund_notice: config.payments.refund_notice,
+            },
+        };
+        let payments: Arc<dyn consult_reactors::payments::PaymentProvider> = match &config
+            .payments
+            .stripe
+        {
+            Some(stripe) => Arc::new(
+                consult_reactors::payments::stripe::StripePayments::new(
+                    stripe.clone(),
+                    consult_reactors::payments::stripe::DEFAULT_TIMEOUT,
+                )
+                .map_err(|e| StartupError::Channels(format!("payment client: {e}")))?,
+            ),
+            None => {
+                tracing::warn!(outbox = %outbox.path().display(), "no payment provider configured (PAYMENT_API_KEY): refunds are written to the outbox file");
+                Arc::new(consult_reactors::payments::console::ConsolePayments::new(
+                    outbox.clone(),
+                ))
+            }
         };
         let n = &config.notifications;
         let reactor = ReactorConfig {
@@ -118,6 +143,7 @@ impl Application {
                 ..DispatcherOptions::default()
             },
         )
+        .with_refunds(Refunds { provider: payments })
         .with_media(Media {
             video: video.clone(),
             voice,
@@ -141,6 +167,7 @@ impl Application {
             },
             reactor,
             rooms,
+            reactor_attempts: n.max_attempts,
             dispatcher,
         })
     }
@@ -185,6 +212,10 @@ impl Application {
             let (wake, woken) = watch::channel(0_u64);
             runner = runner.with(Arc::new(NotificationsReactor::new(
                 self.reactor,
+                wake.clone(),
+            )));
+            runner = runner.with(Arc::new(RefundsReactor::new(
+                self.reactor_attempts,
                 wake.clone(),
             )));
             runner = runner.with(Arc::new(RoomsReactor::new(self.rooms, wake)));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use consult::config::{database_url, parse_duration, ConfigError, Media, Notifications};
+use consult::config::{database_url, parse_duration, ConfigError, Media, Notifications, Payments};
 use consult::{secret, Application, Config, Roles};
 use consult_api::{Claims, Role, TokenKey};
 use consult_store::{Store, StoreOptions};
@@ -285,6 +285,59 @@ impl NotificationArgs {
     }
 }
 
+/// The payment provider: its webhook, refunds, and the cancellation policy.
+#[derive(Debug, Args)]
+struct PaymentArgs {
+    /// The webhook's signing secret (whsec_…); unset, the webhook answers 503.
+    #[arg(long, env = "PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
+    payment_webhook_secret: Option<String>,
+    /// How old a webhook signature may be.
+    #[arg(long, env = "PAYMENT_WEBHOOK_TOLERANCE", default_value = "300s")]
+    payment_webhook_tolerance: String,
+    /// Secret API key for refunds (sk_…); unset, refunds go to the outbox file.
+    #[arg(long, env = "PAYMENT_API_KEY", hide_env_values = true)]
+    payment_api_key: Option<String>,
+    #[arg(
+        long,
+        env = "PAYMENT_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    payment_api_base: String,
+    /// A patient cancelling later than this before the start is not refunded.
+    #[arg(long, env = "CANCELLATION_NOTICE", default_value = "24h")]
+    cancellation_notice: String,
+}
+
+impl PaymentArgs {
+    fn into_config(self) -> Result<Payments, Box<dyn std::error::Error>> {
+        let tolerance =
+            parse_duration("PAYMENT_WEBHOOK_TOLERANCE", &self.payment_webhook_tolerance)?;
+        if tolerance.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "PAYMENT_WEBHOOK_TOLERANCE",
+                message: "must be at least 1s".into(),
+            }
+            .into());
+        }
+        let stripe = self.payment_api_key.filter(|k| !k.is_empty()).map(|key| {
+            let mut stripe = consult_reactors::payments::stripe::StripeConfig::new(
+                secrecy::SecretString::from(key),
+            );
+            stripe.api_base = self.payment_api_base.trim_end_matches('/').to_owned();
+            stripe
+        });
+        Ok(Payments {
+            webhook_secret: self
+                .payment_webhook_secret
+                .filter(|s| !s.trim().is_empty())
+                .map(secrecy::SecretString::from),
+            tolerance,
+            refund_notice: parse_duration("CANCELLATION_NOTICE", &self.cancellation_notice)?,
+            stripe,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the engine (API and workers by default).
@@ -308,6 +361,8 @@ enum Command {
         subscription_lease: String,
         #[command(flatten)]
         notifications: Box<NotificationArgs>,
+        #[command(flatten)]
+        payments: PaymentArgs,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -371,6 +426,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             roles,
             subscription_lease,
             notifications,
+            payments,
         } => {
             let (notifications, media) = notifications.into_config(&storage.data_dir)?;
             let public_base_url = public_base_url.unwrap_or_else(|| format!("http://{bind}"));
@@ -385,6 +441,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 subscription_lease: parse_duration("SUBSCRIPTION_LEASE", &subscription_lease)?,
                 notifications,
                 media,
+                payments: payments.into_config()?,
             };
             let app = Application::build(&config).await?;
             tracing::info!(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::values::{
-    BoundedText, Contact, DurationMinutes, PatientId, ProviderId, StartTime, TimeZone,
+    BoundedText, Contact, DurationMinutes, Money, PatientId, ProviderId, StartTime, TimeZone,
 };
 
 /// How the two parties meet.
@@ -149,6 +149,20 @@ pub struct Booking {
     /// Medical information: stored and shown to participants and auditors, never logged and
     /// never sent over SMS/WhatsApp or in an email subject.
     pub reason: Option<BoundedText>,
+    /// The provider's fee when booked: a payment must match it to confirm the consultation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Money>,
+}
+
+/// What a cancellation of a paid consultation does to the payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundDue {
+    /// Refunded in full: cancelled by the provider or the clinic, or by the patient at least
+    /// the notice period before the start.
+    Full,
+    /// Not refunded: the patient cancelled later than the notice period (a late cancellation).
+    NoneLate,
 }
 
 /// A video room attached to the consultation.
@@ -220,6 +234,15 @@ pub enum ConsultationCommand {
     Cancel {
         by: Canceller,
         reason: BoundedText,
+        /// The cancellation policy: a patient cancelling less than this before the start is
+        /// not refunded.
+        refund_notice: chrono::Duration,
+        at: DateTime<Utc>,
+    },
+    /// Records that the payment provider took a refund request.
+    RecordRefundRequest {
+        payment_id: String,
+        refund_id: String,
         at: DateTime<Utc>,
     },
     Expire {
@@ -271,6 +294,7 @@ pub enum Action {
     RecordRefund,
     Reschedule,
     Cancel,
+    RecordRefundRequest,
     Expire,
     ProvisionRoom,
     EndRoom,
@@ -292,6 +316,7 @@ impl fmt::Display for Action {
             Self::RecordRefund => "record a refund of",
             Self::Reschedule => "reschedule",
             Self::Cancel => "cancel",
+            Self::RecordRefundRequest => "record a refund request for",
             Self::Expire => "expire",
             Self::ProvisionRoom => "provision a room for",
             Self::EndRoom => "end the room of",
@@ -315,6 +340,7 @@ impl ConsultationCommand {
             Self::RecordRefund { .. } => Action::RecordRefund,
             Self::Reschedule { .. } => Action::Reschedule,
             Self::Cancel { .. } => Action::Cancel,
+            Self::RecordRefundRequest { .. } => Action::RecordRefundRequest,
             Self::Expire { .. } => Action::Expire,
             Self::ProvisionRoom { .. } => Action::ProvisionRoom,
             Self::EndRoom { .. } => Action::EndRoom,
@@ -349,6 +375,8 @@ pub enum Rule {
     NotVoice,
     /// It has no open room by that name.
     NoSuchRoom,
+    /// No refund is due, or one was requested already.
+    NoRefundDue,
 }
 
 impl fmt::Display for Rule {
@@ -363,6 +391,7 @@ impl fmt::Display for Rule {
             Self::CallEnded => "its call has ended already",
             Self::NotVoice => "it is not a voice consultation",
             Self::NoSuchRoom => "it has no open room by that name",
+            Self::NoRefundDue => "no refund is due or one was requested already",
         })
     }
 }
@@ -410,6 +439,21 @@ pub enum ConsultationEvent {
         payment_id: String,
         at: DateTime<Utc>,
     },
+    /// A payment whose amount or currency differs from the price: recorded, but it does not
+    /// pay for the consultation; an admin must look at it.
+    PaymentFlagged {
+        payment_id: String,
+        amount_minor: i64,
+        currency: String,
+        expected: Money,
+        at: DateTime<Utc>,
+    },
+    /// The payment provider took a refund request (the refund itself is `Refunded`).
+    RefundRequested {
+        payment_id: String,
+        refund_id: String,
+        at: DateTime<Utc>,
+    },
     Refunded {
         payment_id: String,
         amount_minor: i64,
@@ -427,6 +471,9 @@ pub enum ConsultationEvent {
     Cancelled {
         by: Canceller,
         reason: BoundedText,
+        /// For a paid consultation: whether it is refunded. Absent when nothing was paid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refund: Option<RefundDue>,
         at: DateTime<Utc>,
     },
     Expired {
@@ -472,6 +519,8 @@ impl ConsultationEvent {
             Self::Declined { .. } => "Declined",
             Self::PaymentConfirmed { .. } => "PaymentConfirmed",
             Self::PaymentFailed { .. } => "PaymentFailed",
+            Self::PaymentFlagged { .. } => "PaymentFlagged",
+            Self::RefundRequested { .. } => "RefundRequested",
             Self::Refunded { .. } => "Refunded",
             Self::Rescheduled { .. } => "Rescheduled",
             Self::Cancelled { .. } => "Cancelled",
@@ -494,6 +543,8 @@ impl ConsultationEvent {
             | Self::Declined { at, .. }
             | Self::PaymentConfirmed { at, .. }
             | Self::PaymentFailed { at, .. }
+            | Self::PaymentFlagged { at, .. }
+            | Self::RefundRequested { at, .. }
             | Self::Refunded { at, .. }
             | Self::Rescheduled { at, .. }
             | Self::Cancelled { at, .. }
@@ -525,6 +576,15 @@ pub struct Consultation {
     pub booking: Option<Booking>,
     pub status: Status,
     pub payment: PaymentStatus,
+    /// The provider's id of the payment that paid for it.
+    #[serde(default)]
+    pub payment_id: Option<String>,
+    /// Whether a payment was flagged (amount or currency not the price).
+    #[serde(default)]
+    pub payment_flagged: bool,
+    /// The provider's id of the refund requested, once it took the request.
+    #[serde(default)]
+    pub refund_id: Option<String>,
     pub room: Option<Room>,
     /// Whether `room` has ended (it stays for the record).
     #[serde(default)]
@@ -540,6 +600,13 @@ pub struct Consultation {
 impl Consultation {
     pub fn starts_at(&self) -> Option<DateTime<Utc>> {
         self.booking.as_ref().map(|b| b.starts_at.instant())
+    }
+
+    /// A consultation that ends paid but not held owes the payment back.
+    fn refund_if_paid(&mut self) {
+        if self.payment == PaymentStatus::Paid {
+            self.payment = PaymentStatus::RefundPending;
+        }
     }
 
     /// The room participants can join now, if any.
@@ -607,11 +674,22 @@ impl Consultation {
                 at,
             } => match (state, self.payment) {
                 (S::Requested | S::Accepted, PaymentStatus::Unpaid | PaymentStatus::Failed) => {
-                    E::PaymentConfirmed {
-                        payment_id,
-                        amount_minor,
-                        currency,
-                        at,
+                    match &booking.price {
+                        Some(price) if !price.matches(amount_minor, &currency) => {
+                            E::PaymentFlagged {
+                                payment_id,
+                                amount_minor,
+                                currency,
+                                expected: price.clone(),
+                                at,
+                            }
+                        }
+                        _ => E::PaymentConfirmed {
+                            payment_id,
+                            amount_minor,
+                            currency,
+                            at,
+                        },
                     }
                 }
                 (S::Requested | S::Accepted, _) => return Err(refused(Rule::AlreadyPaid)),
@@ -663,7 +741,35 @@ impl Consultation {
                     at,
                 }
             }
-            C::Cancel { by, reason, at } if state.is_open() => E::Cancelled { by, reason, at },
+            C::Cancel {
+                by,
+                reason,
+                refund_notice,
+                at,
+            } if state.is_open() => {
+                let refund = (self.payment == PaymentStatus::Paid).then(|| match by {
+                    Canceller::Patient if at > starts_at - refund_notice => RefundDue::NoneLate,
+                    _ => RefundDue::Full,
+                });
+                E::Cancelled {
+                    by,
+                    reason,
+                    refund,
+                    at,
+                }
+            }
+            C::RecordRefundRequest {
+                payment_id,
+                refund_id,
+                at,
+            } => match self.payment {
+                PaymentStatus::RefundPending if self.refund_id.is_none() => E::RefundRequested {
+                    payment_id,
+                    refund_id,
+                    at,
+                },
+                _ => return Err(refused(Rule::NoRefundDue)),
+            },
             C::Cancel { .. } => return Err(invalid()),
             C::Expire { cause, at } => match state {
                 S::Requested | S::Accepted => E::Expired { cause, at },
@@ -699,8 +805,15 @@ impl Consultation {
                 duration_seconds,
                 at,
             } => match state {
-                S::InProgress if self.call_ended => return Err(refused(Rule::CallEnded)),
+                S::InProgress | S::Completed if self.call_ended => {
+                    return Err(refused(Rule::CallEnded))
+                }
+                // The provider may complete the consultation before the call's end is reported.
                 S::InProgress => E::CallEnded {
+                    duration_seconds,
+                    at,
+                },
+                S::Completed if self.call_started => E::CallEnded {
                     duration_seconds,
                     at,
                 },
@@ -740,14 +853,20 @@ impl Consultation {
                     S::Accepted
                 };
             }
-            E::Declined { .. } => self.status = S::Declined,
-            E::PaymentConfirmed { .. } => {
+            E::Declined { .. } => {
+                self.status = S::Declined;
+                self.refund_if_paid();
+            }
+            E::PaymentConfirmed { payment_id, .. } => {
                 self.payment = PaymentStatus::Paid;
+                self.payment_id = Some(payment_id);
                 if self.status == S::Accepted {
                     self.status = S::Confirmed;
                 }
             }
             E::PaymentFailed { .. } => self.payment = PaymentStatus::Failed,
+            E::PaymentFlagged { .. } => self.payment_flagged = true,
+            E::RefundRequested { refund_id, .. } => self.refund_id = Some(refund_id),
             E::Refunded { .. } => self.payment = PaymentStatus::Refunded,
             E::Rescheduled {
                 starts_at,
@@ -759,8 +878,16 @@ impl Consultation {
                     booking.duration = duration;
                 }
             }
-            E::Cancelled { .. } => self.status = S::Cancelled,
-            E::Expired { .. } => self.status = S::Expired,
+            E::Cancelled { refund, .. } => {
+                self.status = S::Cancelled;
+                if refund == Some(RefundDue::Full) {
+                    self.refund_if_paid();
+                }
+            }
+            E::Expired { .. } => {
+                self.status = S::Expired;
+                self.refund_if_paid();
+            }
             E::RoomProvisioned { room, .. } => {
                 self.room = Some(room);
                 self.room_ended = false;

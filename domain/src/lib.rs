@@ -7,10 +7,11 @@ pub mod values;
 
 pub use consultation::{
     Action, Booking, CallChannel, Canceller, Consultation, ConsultationCommand, ConsultationError,
-    ConsultationEvent, ExpiryCause, Mode, Party, PaymentStatus, Room, RoomEndReason, Rule, Status,
+    ConsultationEvent, ExpiryCause, Mode, Party, PaymentStatus, RefundDue, Room, RoomEndReason,
+    Rule, Status,
 };
 pub use provider::{Provider, ProviderCommand, ProviderError, ProviderEvent, ProviderProfile};
 pub use values::{
-    BoundedText, Contact, DurationMinutes, EmailAddress, InvalidInput, PatientId, PhoneNumber,
-    ProviderId, StartTime, TimeZone,
+    BoundedText, Contact, DurationMinutes, EmailAddress, InvalidInput, Money, PatientId,
+    PhoneNumber, ProviderId, StartTime, TimeZone,
 };

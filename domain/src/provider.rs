@@ -5,7 +5,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::values::{BoundedText, EmailAddress, PhoneNumber, ProviderId, TimeZone};
+use crate::values::{BoundedText, EmailAddress, Money, PhoneNumber, ProviderId, TimeZone};
 
 /// What the directory knows of a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +15,10 @@ pub struct ProviderProfile {
     pub phone: PhoneNumber,
     pub email: EmailAddress,
     pub timezone: TimeZone,
+    /// The consultation fee; bookings record it as their price. Providers registered before
+    /// fees existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee: Option<Money>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +118,7 @@ mod tests {
             phone: PhoneNumber::parse("+14155550100").ok()?,
             email: EmailAddress::parse("ada@example.org").ok()?,
             timezone: TimeZone::parse("America/New_York").ok()?,
+            fee: Money::parse(4500, "eur").ok(),
         })
     }
 

@@ -33,6 +33,39 @@ pub enum InvalidInput {
     NoContact,
     #[error("WhatsApp needs a phone number")]
     WhatsappWithoutPhone,
+    #[error("must be an ISO 4217 currency code such as EUR")]
+    Currency,
+    #[error("must be a whole number of minor units between 1 and 100000000")]
+    Amount,
+}
+
+/// An amount of money in minor units (cents) of an ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    pub amount_minor: i64,
+    /// Three upper-case letters (`EUR`).
+    pub currency: String,
+}
+
+impl Money {
+    pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidInput> {
+        if !(1..=100_000_000).contains(&amount_minor) {
+            return Err(InvalidInput::Amount);
+        }
+        let currency = currency.trim();
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(InvalidInput::Currency);
+        }
+        Ok(Self {
+            amount_minor,
+            currency: currency.to_ascii_uppercase(),
+        })
+    }
+
+    /// Whether a payment of `amount_minor` in `currency` (any case) is exactly this.
+    pub fn matches(&self, amount_minor: i64, currency: &str) -> bool {
+        self.amount_minor == amount_minor && self.currency.eq_ignore_ascii_case(currency)
+    }
 }
 
 /// A phone number in E.164 form: `+`, a country code that does not start with 0, 8 to 15 digits

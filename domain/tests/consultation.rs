@@ -6,8 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use consult_domain::{
     Action, Booking, BoundedText, CallChannel, Canceller, Consultation, ConsultationCommand,
     ConsultationError, ConsultationEvent, Contact, DurationMinutes, EmailAddress, ExpiryCause,
-    Mode, Party, PatientId, PaymentStatus, PhoneNumber, ProviderId, Room, RoomEndReason, Rule,
-    StartTime, Status, TimeZone,
+    Mode, Money, Party, PatientId, PaymentStatus, PhoneNumber, ProviderId, RefundDue, Room,
+    RoomEndReason, Rule, StartTime, Status, TimeZone,
 };
 use cqrs_es::test::TestFramework;
 use cqrs_es::Aggregate;
@@ -106,6 +106,7 @@ fn booking_in(mode: Mode) -> Booking {
         timezone: TimeZone::parse("America/New_York").expect("a valid time zone"),
         contact: Contact::new(Some(phone), Some(email), true).expect("a valid contact"),
         reason: Some(text("Persistent cough for two weeks")),
+        price: None,
     }
 }
 
@@ -177,9 +178,18 @@ fn declined_on(at: DateTime<Utc>) -> ConsultationEvent {
 }
 
 fn cancelled_by(by: Canceller, at: DateTime<Utc>) -> ConsultationEvent {
+    cancelled_with(by, None, at)
+}
+
+fn cancelled_with(
+    by: Canceller,
+    refund: Option<RefundDue>,
+    at: DateTime<Utc>,
+) -> ConsultationEvent {
     ConsultationEvent::Cancelled {
         by,
         reason: text("No longer needed"),
+        refund,
         at,
     }
 }
@@ -293,6 +303,7 @@ fn cancel_cmd(by: Canceller, at: DateTime<Utc>) -> ConsultationCommand {
     ConsultationCommand::Cancel {
         by,
         reason: text("No longer needed"),
+        refund_notice: Duration::hours(24),
         at,
     }
 }
@@ -721,9 +732,11 @@ fn any_canceller_can_cancel_any_open_consultation() {
     ] {
         for by in [Canceller::Patient, Canceller::Provider, Canceller::Admin] {
             let outcome = decide(given.clone(), cancel_cmd(by, before_start()));
+            let paid = state_from(&given).payment == PaymentStatus::Paid;
+            let refund = paid.then_some(RefundDue::Full);
             assert_eq!(
                 outcome,
-                Ok(vec![cancelled_by(by, before_start())]),
+                Ok(vec![cancelled_with(by, refund, before_start())]),
                 "{name} by {by:?}"
             );
         }
@@ -1317,7 +1330,7 @@ fn rows() -> Vec<Row> {
                                                                              [INV, INV, INV, INV, INV, INV, EV,  INV, INV, INV, INV, INV, INV, INV, INV, NV,  INV, EV,  EV,  EV,  INV, INV]),
         row("in progress, call ended", in_progress_call_ended(), S::InProgress,
                                                                              [INV, INV, INV, INV, INV, INV, EV,  INV, INV, INV, INV, INV, INV, INV, INV, EV,  INV, CE,  EV,  EV,  INV, INV]),
-        row("completed", completed(), S::Completed,                          [INV, INV, INV, INV, INV, INV, EV,  INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV]),
+        row("completed", completed(), S::Completed,                          [INV, INV, INV, INV, INV, INV, EV,  INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, CE,  INV, INV, INV, INV]),
         row("declined", declined(), S::Declined,                             [INV, INV, INV, INV, INV, INV, NP,  INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV]),
         row("cancelled unpaid", cancelled_unpaid(), S::Cancelled,            [INV, INV, INV, INV, INV, INV, NP,  INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV, INV]),
         row("cancelled after payment", cancelled_after_payment(), S::Cancelled,
@@ -1332,6 +1345,17 @@ fn rows() -> Vec<Row> {
 
 fn expected_outcome(row: &Row, column: &Column, expect: Expect) -> Outcome {
     match expect {
+        // A paid consultation cancelled early is refunded in full.
+        Expect::Emits if state_from(&row.given).payment == PaymentStatus::Paid => Ok(column
+            .emits
+            .iter()
+            .map(|event| match event {
+                ConsultationEvent::Cancelled { by, at, .. } => {
+                    cancelled_with(*by, Some(RefundDue::Full), *at)
+                }
+                other => other.clone(),
+            })
+            .collect()),
         Expect::Emits => Ok(column.emits.clone()),
         Expect::Nothing => Ok(vec![]),
         Expect::Invalid => Err(invalid(column.action, row.status)),
@@ -1718,5 +1742,198 @@ fn only_a_confirmed_voice_consultation_takes_call_requests() {
     assert_eq!(
         decide(cancelled_after_payment(), request(start())).err(),
         Some(invalid(Action::RequestCall, Status::Cancelled))
+    );
+}
+
+// =============================================================================================
+// Price, refunds and the cancellation policy.
+// =============================================================================================
+
+fn priced(mut events: Vec<ConsultationEvent>) -> Vec<ConsultationEvent> {
+    if let Some(ConsultationEvent::Booked { booking, .. }) = events.first_mut() {
+        booking.price = Some(Money::parse(4500, "USD").expect("a price"));
+    }
+    events
+}
+
+#[test]
+fn a_payment_that_is_not_the_price_is_flagged_and_does_not_confirm() {
+    for (amount, currency) in [(4000, "USD"), (4500, "EUR")] {
+        let command = ConsultationCommand::ConfirmPayment {
+            payment_id: "pay-9".to_owned(),
+            amount_minor: amount,
+            currency: currency.to_owned(),
+            at: paid_at(),
+        };
+        let outcome = decide(priced(accepted_unpaid()), command.clone());
+        assert_eq!(
+            outcome,
+            Ok(vec![ConsultationEvent::PaymentFlagged {
+                payment_id: "pay-9".to_owned(),
+                amount_minor: amount,
+                currency: currency.to_owned(),
+                expected: Money::parse(4500, "USD").expect("a price"),
+                at: paid_at(),
+            }])
+        );
+        let mut events = priced(accepted_unpaid());
+        events.extend(outcome.expect("flagged"));
+        let state = state_from(&events);
+        assert_eq!(state.status, Status::Accepted, "not confirmed");
+        assert_eq!(state.payment, PaymentStatus::Unpaid);
+        assert!(state.payment_flagged);
+    }
+    // The price in any letter case confirms.
+    let exact = ConsultationCommand::ConfirmPayment {
+        payment_id: "pay-1".to_owned(),
+        amount_minor: 4500,
+        currency: "usd".to_owned(),
+        at: paid_at(),
+    };
+    let outcome = decide(priced(accepted_unpaid()), exact).expect("confirmed");
+    assert!(matches!(
+        outcome.as_slice(),
+        [ConsultationEvent::PaymentConfirmed { .. }]
+    ));
+}
+
+#[test]
+fn a_paid_consultation_that_ends_unheld_owes_a_refund() {
+    for (name, given) in [
+        (
+            "declined after payment",
+            with(requested_and_paid(), [declined_on(accepted_at())]),
+        ),
+        (
+            "expired after payment",
+            with(
+                requested_and_paid(),
+                [expired_because(
+                    ExpiryCause::NotAcceptedInTime,
+                    before_start(),
+                )],
+            ),
+        ),
+        (
+            "cancelled by the provider",
+            with(
+                confirmed(),
+                [cancelled_with(
+                    Canceller::Provider,
+                    Some(RefundDue::Full),
+                    before_start(),
+                )],
+            ),
+        ),
+    ] {
+        let state = state_from(&given);
+        assert_eq!(state.payment, PaymentStatus::RefundPending, "{name}");
+        assert_eq!(state.payment_id.as_deref(), Some("pay-1"), "{name}");
+    }
+    // Unpaid: nothing to refund.
+    assert_eq!(state_from(&declined()).payment, PaymentStatus::Unpaid);
+}
+
+#[test]
+fn a_patient_cancelling_within_the_notice_is_not_refunded() {
+    let late = start() - Duration::hours(2);
+    assert_eq!(
+        decide(confirmed(), cancel_cmd(Canceller::Patient, late)),
+        Ok(vec![cancelled_with(
+            Canceller::Patient,
+            Some(RefundDue::NoneLate),
+            late
+        )])
+    );
+    let state = state_from(&with(
+        confirmed(),
+        [cancelled_with(
+            Canceller::Patient,
+            Some(RefundDue::NoneLate),
+            late,
+        )],
+    ));
+    assert_eq!(
+        state.payment,
+        PaymentStatus::Paid,
+        "kept: a late cancellation"
+    );
+    // Exactly the notice before the start still counts as in time; the provider always refunds.
+    let edge = start() - Duration::hours(24);
+    assert_eq!(
+        decide(confirmed(), cancel_cmd(Canceller::Patient, edge)),
+        Ok(vec![cancelled_with(
+            Canceller::Patient,
+            Some(RefundDue::Full),
+            edge
+        )])
+    );
+    assert_eq!(
+        decide(confirmed(), cancel_cmd(Canceller::Provider, late)),
+        Ok(vec![cancelled_with(
+            Canceller::Provider,
+            Some(RefundDue::Full),
+            late
+        )])
+    );
+}
+
+#[test]
+fn a_refund_request_is_recorded_once_and_only_when_one_is_due() {
+    let due = with(
+        confirmed(),
+        [cancelled_with(
+            Canceller::Provider,
+            Some(RefundDue::Full),
+            before_start(),
+        )],
+    );
+    let request = ConsultationCommand::RecordRefundRequest {
+        payment_id: "pay-1".to_owned(),
+        refund_id: "re_1".to_owned(),
+        at: before_start(),
+    };
+    let requested = ConsultationEvent::RefundRequested {
+        payment_id: "pay-1".to_owned(),
+        refund_id: "re_1".to_owned(),
+        at: before_start(),
+    };
+    assert_eq!(
+        decide(due.clone(), request.clone()),
+        Ok(vec![requested.clone()])
+    );
+    let refused_again = decide(with(due, [requested]), request.clone());
+    assert_eq!(
+        refused_again.err(),
+        Some(refused(
+            Action::RecordRefundRequest,
+            Status::Cancelled,
+            Rule::NoRefundDue
+        ))
+    );
+    assert_eq!(
+        decide(confirmed(), request).err(),
+        Some(refused(
+            Action::RecordRefundRequest,
+            Status::Confirmed,
+            Rule::NoRefundDue
+        ))
+    );
+}
+
+#[test]
+fn a_call_still_open_when_the_consultation_completes_can_end_after() {
+    let given = with(
+        in_progress(),
+        [completed_on(start() + Duration::minutes(20))],
+    );
+    assert_eq!(
+        decide(given.clone(), end_call_cmd(start() + Duration::minutes(25))),
+        Ok(vec![call_ended_on(start() + Duration::minutes(25))])
+    );
+    let ended = with(given, [call_ended_on(start() + Duration::minutes(25))]);
+    assert_eq!(
+        decide(ended, end_call_cmd(start() + Duration::minutes(26))).err(),
+        Some(refused(Action::EndCall, Status::Completed, Rule::CallEnded))
     );
 }

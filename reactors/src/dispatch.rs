@@ -30,6 +30,7 @@ use crate::jobs::{self, Job, JobKind};
 use crate::media::{Media, MediaOutcome};
 use crate::messages::{self, Facts, PaymentFacts, RefundNote, ReminderFacts};
 use crate::reactor::{self, DeadlinePayload, NotifyPayload, ReactorConfig, ReminderPayload};
+use crate::refunds::Refunds;
 
 /// Runs `$body` with `$tx` bound to a new transaction of `$store`, and commits it; `?` in the
 /// body returns early (and rolls back).
@@ -148,6 +149,8 @@ pub struct Dispatcher {
     options: DispatcherOptions,
     /// Room and call jobs; `None` dead-letters them.
     media: Option<Media>,
+    /// Refund jobs; `None` dead-letters them.
+    refunds: Option<Refunds>,
 }
 
 /// How one run of a job ended.
@@ -182,7 +185,14 @@ impl Dispatcher {
             config,
             options,
             media: None,
+            refunds: None,
         }
+    }
+
+    /// Runs refund jobs with this payment provider.
+    pub fn with_refunds(mut self, refunds: Refunds) -> Self {
+        self.refunds = Some(refunds);
+        self
     }
 
     /// Runs room and call jobs with these providers.
@@ -278,6 +288,14 @@ impl Dispatcher {
             Some(JobKind::Notify) => self.notify(job).await,
             Some(JobKind::Reminder) => self.reminder(job).await,
             Some(JobKind::Deadline) => self.deadline(job).await,
+            Some(JobKind::Refund) => match &self.refunds {
+                None => Outcome::Dead("no payment provider in this worker".into()),
+                Some(refunds) => match refunds.run(&self.store, job).await {
+                    MediaOutcome::Done => Outcome::Done,
+                    MediaOutcome::Retry(error) => Outcome::Retry(error),
+                    MediaOutcome::Dead(error) => Outcome::Dead(error),
+                },
+            },
             Some(kind @ (JobKind::Room | JobKind::Call)) => match &self.media {
                 None => Outcome::Dead("no video or voice provider in this worker".into()),
                 Some(media) => {
@@ -478,10 +496,10 @@ impl Dispatcher {
             _ => payload.refund.as_deref().map(|refund| PaymentFacts {
                 amount_minor: 0,
                 currency: String::new(),
-                refund: if refund == "full" {
-                    RefundNote::Full
-                } else {
-                    RefundNote::NotPaid
+                refund: match refund {
+                    "full" => RefundNote::Full,
+                    "late" => RefundNote::Late,
+                    _ => RefundNote::NotPaid,
                 },
             }),
         };

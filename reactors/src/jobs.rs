@@ -22,6 +22,8 @@ pub enum JobKind {
     Room,
     /// Place a phone call between the two participants.
     Call,
+    /// Ask the payment provider to refund a payment.
+    Refund,
 }
 
 impl JobKind {
@@ -32,6 +34,7 @@ impl JobKind {
             Self::Deadline => "deadline",
             Self::Room => "room",
             Self::Call => "call",
+            Self::Refund => "refund",
         }
     }
 
@@ -42,6 +45,7 @@ impl JobKind {
             "deadline" => Some(Self::Deadline),
             "room" => Some(Self::Room),
             "call" => Some(Self::Call),
+            "refund" => Some(Self::Refund),
             _ => None,
         }
     }

@@ -1,5 +1,5 @@
 //! Side effects of consultation events, durable and visible: a reactor subscription turns events
-//! into jobs (notifications, reminder and deadline timers, video rooms, phone calls) in the transaction that moves its
+//! into jobs (notifications, reminder and deadline timers, video rooms, phone calls, refunds) in the transaction that moves its
 //! checkpoint, and a dispatcher runs due jobs with retries, backoff and a dead-letter state.
 
 pub mod channels;
@@ -9,6 +9,7 @@ pub mod media;
 pub mod messages;
 pub mod payments;
 pub mod reactor;
+pub mod refunds;
 pub mod rooms;
 pub mod twilio_signature;
 pub mod video;
@@ -17,4 +18,5 @@ pub mod voice;
 pub use dispatch::{Channels, Dispatcher, DispatcherOptions, FloodGuard};
 pub use media::Media;
 pub use reactor::{parse_reminders, NotificationsReactor, ReactorConfig, ReminderSpec};
+pub use refunds::{Refunds, RefundsReactor};
 pub use rooms::{RoomsConfig, RoomsReactor};

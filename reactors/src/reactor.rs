@@ -24,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use consult_domain::{
     Canceller, Consultation, ConsultationEvent, ExpiryCause, PaymentStatus, ProviderEvent,
-    ProviderProfile, Status,
+    ProviderProfile, RefundDue, Status,
 };
 use consult_store::{with_tx, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
 use serde::{Deserialize, Serialize};
@@ -486,8 +486,14 @@ fn react(
                 _ => {}
             }
         }
-        E::Cancelled { by, .. } => {
+        E::Cancelled { by, refund, .. } => {
             let mut notice = base(NotificationKind::Cancelled);
+            notice.refund = match refund {
+                Some(RefundDue::Full) => Some("full".to_owned()),
+                Some(RefundDue::NoneLate) => Some("late".to_owned()),
+                None if before.payment == PaymentStatus::Unpaid => Some("not_paid".to_owned()),
+                None => None,
+            };
             notice.cancelled_by = Some(
                 match by {
                     Canceller::Patient => "patient",

@@ -122,6 +122,7 @@ impl BookRequest {
             timezone: field("timezone", TimeZone::parse(&self.timezone))?,
             contact,
             reason: self.reason.as_deref().map(parse_reason).transpose()?,
+            price: None,
         })
     }
 }
@@ -170,13 +171,16 @@ pub async fn book(
         let provider = state
             .store
             .load::<Provider>(booking.provider_id.as_str())
-            .await?;
-        if provider.is_none() {
+            .await?
+            .and_then(|p| p.aggregate.profile);
+        let Some(provider) = provider else {
             return Err(ApiError::Validation {
                 field: "provider_id".to_owned(),
                 message: "no provider is registered under this id".to_owned(),
             });
-        }
+        };
+        // The fee as it is now is the price of this booking.
+        booking.price = provider.fee;
         let id = Uuid::new_v4();
         booking.consultation_id = id;
         let command = ConsultationCommand::Book { booking, at: now };
@@ -337,11 +341,14 @@ pub async fn cancel(
         _ => Canceller::Patient,
     };
     let allowed = &[Role::Patient, Role::Provider, Role::Admin];
+    let refund_notice =
+        chrono::Duration::from_std(state.payments.refund_notice).unwrap_or(chrono::Duration::MAX);
     transition(state, caller, ctx, id, &body, allowed, |body, at| {
         let request: ReasonRequest = parse_json(body)?;
         Ok(ConsultationCommand::Cancel {
             by,
             reason: parse_reason(&request.reason)?,
+            refund_notice,
             at,
         })
     })

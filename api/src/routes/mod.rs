@@ -4,6 +4,7 @@ pub mod docs;
 pub mod health;
 pub mod media;
 pub mod notifications;
+pub mod payments;
 pub mod providers;
 pub mod reads;
 

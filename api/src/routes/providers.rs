@@ -2,8 +2,8 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use consult_domain::{
-    BoundedText, EmailAddress, PhoneNumber, Provider, ProviderCommand, ProviderError, ProviderId,
-    ProviderProfile, TimeZone,
+    BoundedText, EmailAddress, Money, PhoneNumber, Provider, ProviderCommand, ProviderError,
+    ProviderId, ProviderProfile, TimeZone,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,6 +21,14 @@ struct RegisterRequest {
     phone: String,
     email: String,
     timezone: String,
+    fee: FeeRequest,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeRequest {
+    amount_minor: i64,
+    currency: String,
 }
 
 impl RegisterRequest {
@@ -35,6 +43,15 @@ impl RegisterRequest {
                 .map_err(|e| ApiError::validation("email", &e))?,
             timezone: TimeZone::parse(&self.timezone)
                 .map_err(|e| ApiError::validation("timezone", &e))?,
+            fee: Some(
+                Money::parse(self.fee.amount_minor, &self.fee.currency).map_err(|e| {
+                    let field = match e {
+                        consult_domain::InvalidInput::Currency => "fee.currency",
+                        _ => "fee.amount_minor",
+                    };
+                    ApiError::validation(field, &e)
+                })?,
+            ),
         })
     }
 }
@@ -44,6 +61,10 @@ fn view(profile: &ProviderProfile, full: bool) -> Value {
         "id": profile.id.as_str(),
         "name": profile.name.as_str(),
         "timezone": profile.timezone.name(),
+        "fee": profile.fee.as_ref().map(|fee| json!({
+            "amount_minor": fee.amount_minor,
+            "currency": fee.currency,
+        })),
     });
     if full {
         body["phone"] = json!(profile.phone.as_str());

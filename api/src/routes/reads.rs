@@ -114,6 +114,14 @@ fn view(summary: &Summary, with_reason: bool) -> Value {
         "updated_at": instant(summary.updated_at_ms),
     });
     if with_reason {
+        body["price"] = json!(booking.and_then(|b| b.price.as_ref()).map(|p| json!({
+            "amount_minor": p.amount_minor,
+            "currency": p.currency,
+        })));
+        body["payment_flagged"] = json!(state.payment_flagged);
+        body["refund_id"] = json!(state.refund_id);
+    }
+    if with_reason {
         body["reason"] = json!(booking.and_then(|b| b.reason.as_ref().map(BoundedText::as_str)));
     }
     body

@@ -356,6 +356,7 @@ async fn seeded(
         phone: PhoneNumber::parse("+14155550100").expect("phone"),
         email: EmailAddress::parse("grace@example.org").expect("email"),
         timezone: TimeZone::parse("America/New_York").expect("tz"),
+        fee: None,
     };
     store
         .execute::<Provider, ProviderError, _>("prov-1", &metadata, None, |p| {
@@ -385,6 +386,7 @@ async fn seeded(
             )
             .expect("contact"),
             reason: None,
+            price: None,
         };
         store
             .execute::<Consultation, ConsultationError, _>(&id.to_string(), &metadata, None, |c| {

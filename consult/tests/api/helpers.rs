@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+/// The payment webhook secret of every test engine.
+pub const PAYMENT_SECRET: &str = "whsec_test_0123456789abcdef0123456789abcdef";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -146,22 +148,39 @@ impl TestDb {
 
     /// One integer computed by `sql`.
     pub async fn scalar(&self, sql: &str) -> i64 {
+        self.value(sql).await
+    }
+
+    /// One text computed by `sql`.
+    pub async fn text(&self, sql: &str) -> String {
+        self.value(sql).await
+    }
+
+    async fn value<T>(&self, sql: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + Send
+            + Unpin,
+    {
         match self.backend {
             Backend::Sqlite => {
                 let pool = sqlx::SqlitePool::connect(&self.url)
                     .await
                     .expect("open sqlite");
-                let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
+                let value = sqlx::query_scalar(sql).fetch_one(&pool).await;
                 pool.close().await;
-                n.expect("an integer")
+                value.expect("one value")
             }
             Backend::Postgres => {
                 let pool = sqlx::PgPool::connect(&self.url)
                     .await
                     .expect("open postgres");
-                let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
+                let value = sqlx::query_scalar(sql).fetch_one(&pool).await;
                 pool.close().await;
-                n.expect("an integer")
+                value.expect("one value")
             }
         }
     }
@@ -213,6 +232,10 @@ fn config(db: &TestDb) -> Config {
         subscription_lease: std::time::Duration::from_secs(10),
         notifications: consult::config::Notifications::new(&db.data_dir),
         media: consult::config::Media::default(),
+        payments: consult::config::Payments {
+            webhook_secret: Some(SecretString::from(PAYMENT_SECRET)),
+            ..consult::config::Payments::default()
+        },
     }
 }
 
@@ -372,6 +395,7 @@ impl TestApp {
                     "phone": "+14155550100",
                     "email": "grace@example.org",
                     "timezone": "America/New_York",
+                    "fee": {"amount_minor": 4500, "currency": "EUR"},
                 }),
             )
             .await;

@@ -343,7 +343,8 @@ async fn providers_are_registered_once_and_read_back(backend: Backend) {
             "/v1/providers",
             &admin,
             &json!({"id": "prov-1", "name": "X", "phone": "+14155550100",
-                    "email": "x@example.org", "timezone": "UTC"}),
+                    "email": "x@example.org", "timezone": "UTC",
+                    "fee": {"amount_minor": 4500, "currency": "EUR"}}),
         )
         .await;
     assert_problem(again, StatusCode::CONFLICT, "already_exists").await;
@@ -364,6 +365,11 @@ async fn providers_are_registered_once_and_read_back(backend: Backend) {
         .await
         .expect("json");
     assert_eq!(public["name"], "Dr. Grace Hopper");
+    assert_eq!(
+        public["fee"],
+        json!({"amount_minor": 4500, "currency": "EUR"}),
+        "everyone sees the fee"
+    );
     assert!(public.get("phone").is_none());
     assert_problem(
         app.get("/v1/providers/nobody", &admin).await,
@@ -377,7 +383,8 @@ async fn providers_are_registered_once_and_read_back(backend: Backend) {
             "/v1/providers",
             &app.token(Role::Provider, "prov-2"),
             &json!({"id": "prov-2", "name": "Y", "phone": "+14155550101",
-                    "email": "y@example.org", "timezone": "UTC"}),
+                    "email": "y@example.org", "timezone": "UTC",
+                    "fee": {"amount_minor": 4500, "currency": "EUR"}}),
         )
         .await,
         StatusCode::FORBIDDEN,

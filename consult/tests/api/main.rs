@@ -8,6 +8,7 @@ mod delivery;
 mod lifecycle;
 mod media;
 mod notifications;
+mod payments;
 mod privacy;
 mod reads;
 mod subscriptions;

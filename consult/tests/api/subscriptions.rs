@@ -292,6 +292,7 @@ fn booking(id: uuid::Uuid, n: usize) -> Booking {
         )
         .expect("contact"),
         reason: None,
+        price: None,
     }
 }
 

@@ -1,0 +1,447 @@
+//! The payment provider's webhook (`POST /v1/webhooks/payments`) and the admin's view of what
+//! it received.
+//!
+//! Every delivery is checked against `Stripe-Signature` before anything is read: a bad, missing
+//! or stale signature is a 400 and changes nothing. Each provider event id is then processed
+//! once: it is claimed with an insert that the primary key of `payment_events` makes atomic, so
+//! of two copies arriving together one processes it and the other waits for its outcome. A
+//! claim whose processing failed is released (the provider retries); one left by a process that
+//! died is taken over after 30 s.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use chrono::{TimeZone as _, Utc};
+use consult_domain::{Consultation, ConsultationCommand, ConsultationError};
+use consult_store::{with_pool, ExecuteError, Metadata, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A claim older than this, never finished, belongs to a process that died.
+const ABANDONED_AFTER_MS: i64 = 30_000;
+
+/// How long a second copy waits for the first to finish before asking for a retry.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
+
+/// The fields of a provider event this engine reads.
+#[derive(Debug, Deserialize)]
+struct ProviderEvent {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: EventData,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventData {
+    object: Value,
+}
+
+/// How one event was handled; stored with it and answered to the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The consultation took it (PaymentConfirmed, PaymentFailed, Refunded).
+    Applied,
+    /// Recorded as PaymentFlagged: amount or currency differs from the price.
+    Flagged,
+    /// The consultation already had this fact (paid already, refunded already).
+    AlreadyRecorded,
+    /// The consultation's state refuses it (a payment for a cancelled consultation): kept for
+    /// an admin.
+    Refused,
+    /// Not about a consultation we know, or a type we do not handle.
+    Ignored,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Flagged => "flagged",
+            Self::AlreadyRecorded => "already_recorded",
+            Self::Refused => "refused",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+fn bad_request(field: &str, message: &str) -> ApiError {
+    ApiError::Validation {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// `POST /v1/webhooks/payments`.
+pub async fn webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Some(secret) = state.payments.secret.as_ref() else {
+        return Err(ApiError::NotConfigured(
+            "the payment webhook is not configured (PAYMENT_WEBHOOK_SECRET)".to_owned(),
+        ));
+    };
+    let header = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    use secrecy::ExposeSecret as _;
+    let now = state.clock.now();
+    if let Err(err) = consult_reactors::payments::signature::verify(
+        header,
+        &body,
+        secret.expose_secret(),
+        now.timestamp(),
+        state.payments.tolerance,
+    ) {
+        tracing::warn!(error = %err, "payment webhook with a bad signature refused");
+        return Err(ApiError::BadSignature(err.to_string()));
+    }
+    let event: ProviderEvent = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::MalformedBody("not a payment provider event".to_owned()))?;
+    if event.id.is_empty() || event.id.len() > 255 {
+        return Err(bad_request("id", "must be the provider's event id"));
+    }
+    let object = &event.data.object;
+    let consultation_id = object
+        .pointer("/metadata/consultation_id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+
+    let mut waited = Duration::ZERO;
+    loop {
+        match claim(&state, &event, &consultation_id, now.timestamp_millis()).await? {
+            Claim::Ours => break,
+            Claim::Done(outcome) => {
+                return Ok(Json(
+                    json!({ "received": true, "duplicate": true, "outcome": outcome }),
+                ))
+            }
+            Claim::Busy if waited < WAIT_FOR_FIRST => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waited += Duration::from_millis(50);
+            }
+            Claim::Busy => return Err(ApiError::IdempotencyInProgress),
+        }
+    }
+    let processed = process(&state, &event, &consultation_id).await;
+    let (outcome, detail) = match processed {
+        Ok(done) => done,
+        Err(err) => {
+            // Let the provider deliver it again.
+            release(&state, &event.id).await;
+            return Err(err);
+        }
+    };
+    finish(&state, &event.id, outcome, detail.as_deref()).await?;
+    tracing::info!(
+        event_id = %event.id,
+        event_type = %event.kind,
+        consultation_id = %consultation_id,
+        outcome = outcome.as_str(),
+        "payment event"
+    );
+    Ok(Json(
+        json!({ "received": true, "duplicate": false, "outcome": outcome.as_str() }),
+    ))
+}
+
+enum Claim {
+    Ours,
+    Done(String),
+    Busy,
+}
+
+async fn claim(
+    state: &AppState,
+    event: &ProviderEvent,
+    consultation_id: &str,
+    now_ms: i64,
+) -> Result<Claim, ApiError> {
+    const INSERT: &str = "INSERT INTO payment_events (event_id, event_type, consultation_id, \
+                          received_at_ms, claimed_at_ms) VALUES ($1, $2, $3, $4, $4) \
+                          ON CONFLICT (event_id) DO NOTHING";
+    const SELECT: &str = "SELECT outcome, claimed_at_ms FROM payment_events WHERE event_id = $1";
+    const TAKE_OVER: &str = "UPDATE payment_events SET claimed_at_ms = $2 \
+                             WHERE event_id = $1 AND outcome IS NULL AND claimed_at_ms = $3";
+    let inserted = with_pool!(state.store.db(), pool => {
+        sqlx::query(INSERT)
+            .bind(&event.id)
+            .bind(&event.kind)
+            .bind(consultation_id)
+            .bind(now_ms)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected()
+    });
+    if inserted == 1 {
+        return Ok(Claim::Ours);
+    }
+    let row: Option<(Option<String>, i64)> = with_pool!(state.store.db(), pool => {
+        sqlx::query_as(SELECT)
+            .bind(&event.id)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    match row {
+        // Released between our insert and this read: try again.
+        None => Ok(Claim::Busy),
+        Some((Some(outcome), _)) => Ok(Claim::Done(outcome)),
+        Some((None, claimed)) if now_ms - claimed > ABANDONED_AFTER_MS => {
+            let taken = with_pool!(state.store.db(), pool => {
+                sqlx::query(TAKE_OVER)
+                    .bind(&event.id)
+                    .bind(now_ms)
+                    .bind(claimed)
+                    .execute(pool)
+                    .await
+                    .map_err(StoreError::from)?
+                    .rows_affected()
+            });
+            Ok(if taken == 1 { Claim::Ours } else { Claim::Busy })
+        }
+        Some((None, _)) => Ok(Claim::Busy),
+    }
+}
+
+async fn release(state: &AppState, event_id: &str) {
+    const SQL: &str = "DELETE FROM payment_events WHERE event_id = $1 AND outcome IS NULL";
+    let result = with_pool!(state.store.db(), pool => {
+        sqlx::query(SQL).bind(event_id).execute(pool).await.map(|_| ())
+    });
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "cannot release a payment event's claim; it is taken over after 30 s");
+    }
+}
+
+async fn finish(
+    state: &AppState,
+    event_id: &str,
+    outcome: Outcome,
+    detail: Option<&str>,
+) -> Result<(), ApiError> {
+    const SQL: &str = "UPDATE payment_events SET outcome = $2, detail = $3, finished_at_ms = $4 \
+                       WHERE event_id = $1";
+    let now = state.clock.now().timestamp_millis();
+    with_pool!(state.store.db(), pool => {
+        sqlx::query(SQL)
+            .bind(event_id)
+            .bind(outcome.as_str())
+            .bind(detail)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?;
+    });
+    Ok(())
+}
+
+/// The payment fields of an object, or a 422 naming the missing one.
+fn text<'a>(object: &'a Value, pointer: &str) -> Result<&'a str, ApiError> {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            bad_request(
+                &format!("data.object{}", pointer.replace('/', ".")),
+                "is required",
+            )
+        })
+}
+
+fn amount(object: &Value, pointer: &str) -> Result<i64, ApiError> {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_i64)
+        .filter(|a| *a >= 0)
+        .ok_or_else(|| {
+            bad_request(
+                &format!("data.object{}", pointer.replace('/', ".")),
+                "must be a whole number of minor units",
+            )
+        })
+}
+
+async fn process(
+    state: &AppState,
+    event: &ProviderEvent,
+    consultation_id: &str,
+) -> Result<(Outcome, Option<String>), ApiError> {
+    let object = &event.data.object;
+    let now = state.clock.now();
+    let command = match event.kind.as_str() {
+        "payment_intent.succeeded" => {
+            let received = object
+                .get("amount_received")
+                .and_then(Value::as_i64)
+                .map_or_else(|| amount(object, "/amount"), Ok)?;
+            ConsultationCommand::ConfirmPayment {
+                payment_id: text(object, "/id")?.to_owned(),
+                amount_minor: received,
+                currency: text(object, "/currency")?.to_ascii_uppercase(),
+                at: now,
+            }
+        }
+        "payment_intent.payment_failed" => ConsultationCommand::FailPayment {
+            payment_id: text(object, "/id")?.to_owned(),
+            at: now,
+        },
+        "charge.refunded" => ConsultationCommand::RecordRefund {
+            payment_id: text(object, "/payment_intent")?.to_owned(),
+            amount_minor: amount(object, "/amount_refunded")?,
+            at: now,
+        },
+        other => {
+            return Ok((
+                Outcome::Ignored,
+                Some(format!("event type {other} is not handled")),
+            ));
+        }
+    };
+    let known = match Uuid::parse_str(consultation_id) {
+        Ok(id) => state
+            .store
+            .load::<Consultation>(&id.to_string())
+            .await?
+            .is_some(),
+        Err(_) => false,
+    };
+    if !known {
+        tracing::warn!(event_id = %event.id, event_type = %event.kind, "payment event for no known consultation; recorded as ignored");
+        return Ok((Outcome::Ignored, Some("no such consultation".to_owned())));
+    }
+    let metadata = Metadata {
+        actor_id: "payments".to_owned(),
+        actor_role: "system".to_owned(),
+        correlation_id: consultation_id.to_owned(),
+        causation_id: event.id.clone(),
+        request_id: String::new(),
+    };
+    let result = state
+        .store
+        .execute::<Consultation, ConsultationError, _>(consultation_id, &metadata, None, |c| {
+            c.decide(command.clone())
+        })
+        .await;
+    match result {
+        Ok(committed) => {
+            // A confirmation that wrote an event but left the payment unpaid was flagged.
+            let flagged = matches!(command, ConsultationCommand::ConfirmPayment { .. })
+                && committed.written > 0
+                && committed.aggregate.payment != consult_domain::PaymentStatus::Paid;
+            if flagged {
+                Ok((
+                    Outcome::Flagged,
+                    Some("amount or currency differs from the consultation's price".to_owned()),
+                ))
+            } else {
+                Ok((Outcome::Applied, None))
+            }
+        }
+        Err(ExecuteError::Refused(ConsultationError::Refused { rule, .. }))
+            if matches!(
+                rule,
+                consult_domain::Rule::AlreadyPaid | consult_domain::Rule::NotPaid
+            ) =>
+        {
+            Ok((Outcome::AlreadyRecorded, Some(rule.to_string())))
+        }
+        Err(ExecuteError::Refused(err)) => {
+            tracing::warn!(event_id = %event.id, error = %err, "payment event refused by the consultation; kept for an admin");
+            Ok((Outcome::Refused, Some(err.to_string())))
+        }
+        Err(ExecuteError::Store(err)) => Err(err.into()),
+        Err(ExecuteError::Conflict) => Err(ApiError::ConcurrencyConflict),
+        Err(other) => Err(ApiError::Internal(other.to_string().into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    outcome: Option<String>,
+    consultation_id: Option<String>,
+}
+
+type EventRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+/// `GET /v1/admin/payment-events?outcome=&consultation_id=` (admin, auditor): what the
+/// payment webhook received and what became of it, newest first (at most 500). `flagged` and
+/// `refused` are the ones an admin must look at.
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    const OUTCOMES: [&str; 5] = [
+        "applied",
+        "flagged",
+        "already_recorded",
+        "refused",
+        "ignored",
+    ];
+    if let Some(outcome) = query.outcome.as_deref() {
+        if !OUTCOMES.contains(&outcome) {
+            return Err(ApiError::BadQuery {
+                param: "outcome".into(),
+                message: format!("must be one of {}", OUTCOMES.join(", ")),
+            });
+        }
+    }
+    const SQL: &str = "SELECT event_id, event_type, consultation_id, outcome, detail, \
+                              received_at_ms, finished_at_ms FROM payment_events \
+                        WHERE ($1 IS NULL OR outcome = $1) \
+                          AND ($2 IS NULL OR consultation_id = $2) \
+                        ORDER BY received_at_ms DESC, event_id LIMIT 500";
+    let rows: Vec<EventRow> = with_pool!(state.store.db(), pool => {
+        sqlx::query_as(SQL)
+            .bind(query.outcome.as_deref())
+            .bind(query.consultation_id.as_deref())
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let at = |ms: i64| {
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "event_id": r.0,
+                "event_type": r.1,
+                "consultation_id": (!r.2.is_empty()).then_some(r.2),
+                "outcome": r.3,
+                "detail": r.4,
+                "received_at": at(r.5),
+                "finished_at": r.6.and_then(at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
