@@ -115,6 +115,8 @@ mod tests {
         ("get", "/v1/admin/dead-letters"),
         ("post", "/v1/admin/dead-letters/{id}/retry"),
         ("post", "/v1/webhooks/twilio/messages"),
+        ("post", "/v1/webhooks/payments"),
+        ("get", "/v1/admin/payment-events"),
         ("post", "/v1/webhooks/twilio/calls"),
         ("post", "/v1/webhooks/twilio/rooms"),
         ("post", "/v1/webhooks/twilio/voice/{id}"),
