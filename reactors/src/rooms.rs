@@ -6,6 +6,7 @@
 //! | a video consultation becomes confirmed, or moves while confirmed | create its room (a timer: at once, or shortly before the start when the provider's rooms close on their own), and close it at end + grace |
 //! | the consultation completes, is cancelled, expires, or a no-show is recorded | end its room now |
 //! | CallRequested | place the call; a row in `calls` |
+//! | the provider closed the room unused while the consultation can still be joined | create a new room now |
 //!
 //! A room's name is drawn at random when its creation job is queued and kept in the job, so a
 //! retry or a redelivery asks the provider for the same room and never makes a second one. An
@@ -105,6 +106,7 @@ fn concerns_rooms(event_type: &str) -> bool {
             | "Expired"
             | "Declined"
             | "CallRequested"
+            | "RoomEnded"
     )
 }
 
@@ -174,6 +176,30 @@ impl RoomsReactor {
             return Ok(());
         }
         let live = |s: Status| matches!(s, Status::Confirmed | Status::InProgress);
+        if let ConsultationEvent::RoomEnded {
+            reason: RoomEndReason::ClosedByProvider,
+            ..
+        } = event
+        {
+            // The provider closed the room before anyone joined (Twilio does after its unused
+            // timeout): while the consultation can still be joined, it gets a new one.
+            let open_until = ends_at + chrono_duration(self.config.grace);
+            if after.status == Status::Confirmed && now < open_until {
+                steps.push(Step::Queue(NewJob {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    key: format!("room:create:{id}:{sequence}:{}", millis(starts_at)),
+                    kind: JobKind::Room,
+                    consultation_id: id.to_owned(),
+                    payload: serde_json::json!(RoomJob::Create {
+                        name: random_room_name()?,
+                        starts_at,
+                    }),
+                    due_at_ms: millis(now),
+                    max_attempts: self.config.max_attempts,
+                }));
+            }
+            return Ok(());
+        }
         let confirmed_now = after.status == Status::Confirmed
             && (before.status != Status::Confirmed
                 || matches!(event, ConsultationEvent::Rescheduled { .. }));

@@ -1405,3 +1405,55 @@ async fn room_callbacks_start_and_end_the_call_once() {
     assert_eq!(read["room"]["ended"], true);
     db.close().await;
 }
+
+/// Twilio closes a room nobody joined after its unused timeout; while the consultation can
+/// still be joined, a new room replaces it, and tokens name the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_closed_unused_by_the_provider_is_replaced() {
+    let video = VideoFake::start().await;
+    let twilio = TwilioFake::start().await;
+    let Some(app) = spawn_app_with(Backend::Postgres, |config| {
+        config.media.video = Some(video.config());
+        config.notifications.twilio = Some(twilio.config());
+    })
+    .await
+    else {
+        return;
+    };
+    let db = Backdoor::open(&app).await;
+    app.register_provider("prov-1").await;
+    let id = confirmed(&app, &db, "pat-1", "prov-1", in_minutes(10), 30, "video").await;
+    let first = provisioned(&db, &id).await;
+    let callback = video
+        .room(&first.name)
+        .and_then(|r| r.status_callback.clone())
+        .expect("a status callback");
+    // Twilio closes it (unused) and says so.
+    video.complete(&first.name);
+    signed(
+        &app,
+        path_of(&callback),
+        &room_event(&first, "room-ended", 3, &[("RoomDuration", "0")]),
+        204,
+    )
+    .await;
+    let replaced = eventually(WAIT, || async {
+        db.count(&id, "RoomProvisioned").await == 2
+    })
+    .await;
+    assert!(replaced, "a second room is provisioned");
+    assert_eq!(db.count(&id, "RoomEnded").await, 1);
+    assert_eq!(db.count(&id, "CallEnded").await, 0, "no call had started");
+    let rooms = video.rooms();
+    assert_eq!(rooms.len(), 2, "{rooms:?}");
+    let response = video_token(&app, Role::Patient, "pat-1", &id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_ne!(
+        body["room"],
+        json!(first.name),
+        "the token names the new room"
+    );
+    assert!(video.room(body["room"].as_str().expect("room")).is_some());
+    db.close().await;
+}
