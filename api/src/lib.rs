@@ -7,6 +7,7 @@ mod auth;
 mod command;
 mod error;
 mod extract;
+pub mod fhir;
 mod routes;
 
 use std::fmt;
@@ -118,7 +119,7 @@ pub struct RequestId(pub String);
 /// All routes, with the body limit, request ids and request logging.
 pub fn router(state: AppState) -> Router {
     use routes::{
-        admin, consultations as c, health, media as m, notifications as n, payments as pay,
+        admin, audit, consultations as c, health, media as m, notifications as n, payments as pay,
         providers as p, reads,
     };
     Router::new()
@@ -138,6 +139,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/consultations/{id}/video-token", post(m::video_token))
         .route("/v1/consultations/{id}/voice-call", post(m::voice_call))
         .route("/v1/consultations/{id}/notifications", get(n::list))
+        .route("/v1/consultations/{id}/history", get(audit::history))
+        .route("/v1/admin/access-log", get(audit::access_entries))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
         .route("/v1/providers/{id}", get(p::get))
         .route("/v1/providers/{id}/schedule", get(reads::schedule))
@@ -154,6 +157,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::access_log,
+        ))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }

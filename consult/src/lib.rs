@@ -214,6 +214,7 @@ impl Application {
                 self.reactor,
                 wake.clone(),
             )));
+            runner = runner.with(Arc::new(consult_store::ChainSealer));
             runner = runner.with(Arc::new(RefundsReactor::new(
                 self.reactor_attempts,
                 wake.clone(),

@@ -391,6 +391,12 @@ enum Command {
         #[command(flatten)]
         storage: Storage,
     },
+    /// Recompute every stream's hash chain and report each break (an edited, deleted,
+    /// reordered or inserted event); exits non-zero when any is found.
+    Verify {
+        #[command(flatten)]
+        storage: Storage,
+    },
     /// Drive book → accept through the HTTP API and report throughput, latency and memory.
     Bench(bench::BenchArgs),
 }
@@ -531,6 +537,50 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 done.elapsed.as_secs_f64(),
                 done.rate
             );
+        }
+        Command::Verify { storage } => {
+            let url = database_url(storage.database_url, &storage.data_dir);
+            let store = Store::connect(&StoreOptions::new(url)).await?;
+            store.migrate().await?;
+            let started = std::time::Instant::now();
+            let mut last = std::time::Instant::now();
+            let report = store
+                .verify_chain(|done, total| {
+                    if last.elapsed() >= std::time::Duration::from_secs(1) || done == total {
+                        last = std::time::Instant::now();
+                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                        let percent = if total > 0 {
+                            100.0 * done as f64 / total as f64
+                        } else {
+                            100.0
+                        };
+                        eprintln!("  {done}/{total} events ({percent:.0}%), {rate:.0} events/s");
+                    }
+                })
+                .await;
+            store.close().await;
+            let report = report?;
+            for b in &report.breaks {
+                println!(
+                    "BROKEN {}/{} sequence {}: {}",
+                    b.aggregate_type, b.aggregate_id, b.sequence, b.problem
+                );
+            }
+            println!(
+                "{} events in {} streams checked in {:.1}s; {} not sealed yet; {} break(s)",
+                report.events,
+                report.streams,
+                started.elapsed().as_secs_f64(),
+                report.unsealed,
+                report.breaks.len()
+            );
+            if !report.intact() {
+                return Err(format!(
+                    "the event store fails verification: {} break(s)",
+                    report.breaks.len()
+                )
+                .into());
+            }
         }
         Command::Bench(args) => bench::run(args).await?,
     }

@@ -17,6 +17,7 @@ macro_rules! with_pool {
     };
 }
 
+mod chain;
 mod error;
 mod execute;
 mod idempotency;
@@ -34,6 +35,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
 
+pub use chain::{
+    event_hash, Break, ChainSealer, Sealed, VerifyReport, CHAIN_SUBSCRIPTION, GENESIS,
+};
 pub use error::{error_chain, ExecuteError, StoreError};
 pub use execute::{Committed, Loaded};
 pub use idempotency::{IdempotencyClaim, StoredResponse};

@@ -1,4 +1,5 @@
 pub mod admin;
+pub mod audit;
 pub mod consultations;
 pub mod docs;
 pub mod health;

@@ -1,0 +1,374 @@
+//! What auditors read: a consultation's full history (optionally as of an instant), and the
+//! access log, which the [`access_log`] middleware writes for every read of a consultation,
+//! its history, its notifications and its FHIR export.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, TimeZone as _, Utc};
+use consult_domain::Consultation;
+use consult_store::{with_pool, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::{AppState, RequestId};
+
+fn instant(ms: i64) -> Option<String> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// What a consultation route reads, for the access log; `None` for routes that are not reads
+/// of a consultation.
+fn action_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, String)> {
+    if method != axum::http::Method::GET {
+        return None;
+    }
+    let rest = path.strip_prefix("/v1/consultations/")?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let action = match tail {
+        "" => "read_consultation",
+        "history" => "read_history",
+        "notifications" => "read_notifications",
+        "fhir" => "read_fhir",
+        _ => return None,
+    };
+    Some((action, id.to_owned()))
+}
+
+/// Records every read of a consultation (who, role, what, when, outcome, request id) before
+/// the response leaves. A read that cannot be recorded is answered 503 instead: no unlogged
+/// access.
+pub async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some((action, consultation_id)) = action_of(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (mut parts, body) = request.into_parts();
+    let caller = {
+        use axum::extract::FromRequestParts as _;
+        Caller::from_request_parts(&mut parts, &state).await.ok()
+    };
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let (actor_id, actor_role) = caller.map_or_else(
+        || ("anonymous".to_owned(), "none".to_owned()),
+        |c| (c.id, c.role.as_str().to_owned()),
+    );
+    const SQL: &str = "INSERT INTO access_log (at_ms, actor_id, actor_role, action, \
+                       consultation_id, outcome, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    let written = with_pool!(state.store.db(), pool => {
+        sqlx::query(SQL)
+            .bind(state.clock.now().timestamp_millis())
+            .bind(&actor_id)
+            .bind(&actor_role)
+            .bind(action)
+            .bind(consultation_id.chars().take(64).collect::<String>())
+            .bind(i32::from(response.status().as_u16()))
+            .bind(&request_id)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    });
+    match written {
+        Ok(_) => response,
+        Err(err) => {
+            tracing::error!(error = %err, action, "cannot record an access; the read is refused");
+            ApiError::from(StoreError::from(err)).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    as_of: Option<String>,
+}
+
+type EventRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// Parses the event metadata we write (`actor_id`, `actor_role`, `correlation_id`,
+/// `causation_id`, `request_id`).
+fn metadata(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+/// `GET /v1/consultations/{id}/history?as_of=<RFC 3339>` (auditor, admin): every event of the
+/// consultation in order, with its sequence, global position, type, version, recorded time,
+/// actor, correlation and causation ids, payload and hashes; the state they produce; and the
+/// side effects they caused (notifications, calls, jobs). With `as_of`, only what was recorded
+/// up to that instant, and the state then.
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Auditor, Role::Admin])?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::NotFound("no such consultation"))?
+        .to_string();
+    let as_of: Option<DateTime<Utc>> = query
+        .as_of
+        .as_deref()
+        .map(|text| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ApiError::BadQuery {
+                    param: "as_of".into(),
+                    message: "must be an RFC 3339 timestamp, e.g. 2030-01-31T14:00:00Z".into(),
+                })
+        })
+        .transpose()?;
+    let rows = events(&state, &id).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound("no such consultation"));
+    }
+    let mut consultation = Consultation::default();
+    let mut items = Vec::new();
+    for (sequence, position, recorded_at, event_type, version, payload, meta, prev, hash) in rows {
+        let recorded = parse_recorded(&recorded_at);
+        if let (Some(as_of), Some(recorded)) = (as_of, recorded) {
+            if recorded > as_of {
+                break;
+            }
+        }
+        let payload_value: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+        match serde_json::from_str(&payload) {
+            Ok(event) => consultation.evolve(event),
+            Err(err) => {
+                return Err(ApiError::Internal(
+                    format!("event {sequence} of {id} cannot be read: {err}").into(),
+                ))
+            }
+        }
+        let meta = metadata(&meta);
+        items.push(json!({
+            "sequence": sequence,
+            "position": position,
+            "type": event_type,
+            "version": version,
+            "recorded_at": recorded.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "actor": {"id": meta["actor_id"], "role": meta["actor_role"]},
+            "correlation_id": meta["correlation_id"],
+            "causation_id": meta["causation_id"],
+            "request_id": meta["request_id"],
+            "payload": payload_value,
+            "prev_hash": prev,
+            "hash": hash,
+        }));
+    }
+    let until_ms = as_of.map_or(i64::MAX, |t| t.timestamp_millis());
+    let side_effects = side_effects(&state, &id, until_ms).await?;
+    Ok(Json(json!({
+        "consultation_id": id,
+        "as_of": as_of.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        "state": {
+            "status": consultation.status.as_str(),
+            "payment_status": consultation.payment.as_str(),
+            "version": consultation.version,
+            "detail": serde_json::to_value(&consultation).unwrap_or(Value::Null),
+        },
+        "events": items,
+        "side_effects": side_effects,
+    })))
+}
+
+fn parse_recorded(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            // PostgreSQL's text form of timestamptz: `2026-11-21 04:00:00.123456+00`.
+            DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .map(|t| t.with_timezone(&Utc))
+                .ok()
+        })
+}
+
+async fn events(state: &AppState, id: &str) -> Result<Vec<EventRow>, ApiError> {
+    let rows: Vec<EventRow> = match state.store.db() {
+        consult_store::Db::Postgres(pool) => sqlx::query_as(
+            "SELECT sequence, position, \
+                    to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                    event_type, event_version, payload::text, metadata::text, prev_hash, hash \
+               FROM events WHERE aggregate_type = 'consultation' AND aggregate_id = $1 \
+              ORDER BY sequence",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?,
+        consult_store::Db::Sqlite(pool) => sqlx::query_as(
+            "SELECT sequence, position, recorded_at, event_type, event_version, payload, \
+                    metadata, prev_hash, hash \
+               FROM events WHERE aggregate_type = 'consultation' AND aggregate_id = $1 \
+              ORDER BY sequence",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?,
+    };
+    Ok(rows)
+}
+
+type NotificationRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i32,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+type CallRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<i32>,
+    Option<String>,
+    i64,
+    i64,
+);
+type JobRow = (
+    String,
+    String,
+    String,
+    i32,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+/// The outcomes of what the events caused, recorded up to `until_ms`.
+async fn side_effects(state: &AppState, id: &str, until_ms: i64) -> Result<Value, ApiError> {
+    let db = state.store.db();
+    let notifications: Vec<NotificationRow> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT id, recipient_role, channel, kind, recipient_masked, status, attempts, \
+                    provider_message_id, scheduled_for_ms, sent_at_ms, last_error \
+               FROM notification_log WHERE consultation_id = $1 AND scheduled_for_ms <= $2 \
+              ORDER BY scheduled_for_ms, id",
+        )
+        .bind(id)
+        .bind(until_ms)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let calls: Vec<CallRow> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT id, requested_by, provider_call_id, status, duration_seconds, last_error, \
+                    created_at_ms, updated_at_ms \
+               FROM calls WHERE consultation_id = $1 AND created_at_ms <= $2 \
+              ORDER BY created_at_ms, id",
+        )
+        .bind(id)
+        .bind(until_ms)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    let jobs: Vec<JobRow> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT id, kind, status, attempts, last_error, created_at_ms, due_at_ms, \
+                    finished_at_ms \
+               FROM jobs WHERE consultation_id = $1 AND kind <> 'notify' AND created_at_ms <= $2 \
+              ORDER BY created_at_ms, id",
+        )
+        .bind(id)
+        .bind(until_ms)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from)?
+    });
+    Ok(json!({
+        "notifications": notifications.into_iter().map(|n| json!({
+            "id": n.0, "recipient_role": n.1, "channel": n.2, "kind": n.3, "recipient": n.4,
+            "status": n.5, "attempts": n.6, "provider_message_id": n.7,
+            "scheduled_for": instant(n.8), "sent_at": n.9.and_then(instant), "last_error": n.10,
+        })).collect::<Vec<_>>(),
+        "calls": calls.into_iter().map(|c| json!({
+            "id": c.0, "requested_by": c.1, "provider_call_id": c.2, "status": c.3,
+            "duration_seconds": c.4, "last_error": c.5, "created_at": instant(c.6),
+            "updated_at": instant(c.7),
+        })).collect::<Vec<_>>(),
+        "jobs": jobs.into_iter().map(|j| json!({
+            "id": j.0, "kind": j.1, "status": j.2, "attempts": j.3, "last_error": j.4,
+            "created_at": instant(j.5), "due_at": instant(j.6),
+            "finished_at": j.7.and_then(instant),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessQuery {
+    consultation_id: Option<String>,
+    actor_id: Option<String>,
+}
+
+type AccessRow = (i64, i64, String, String, String, String, i32, String);
+
+/// `GET /v1/admin/access-log?consultation_id=&actor_id=` (auditor, admin): who read what,
+/// newest first, at most 500 entries.
+pub async fn access_entries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<AccessQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Auditor, Role::Admin])?;
+    const SQL: &str = "SELECT id, at_ms, actor_id, actor_role, action, consultation_id, \
+                              outcome, request_id FROM access_log \
+                        WHERE ($1 IS NULL OR consultation_id = $1) \
+                          AND ($2 IS NULL OR actor_id = $2) \
+                        ORDER BY at_ms DESC, id DESC LIMIT 500";
+    let rows: Vec<AccessRow> = with_pool!(state.store.db(), pool => {
+        sqlx::query_as(SQL)
+            .bind(query.consultation_id.as_deref())
+            .bind(query.actor_id.as_deref())
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.0,
+                "at": instant(r.1),
+                "actor": {"id": r.2, "role": r.3},
+                "action": r.4,
+                "consultation_id": r.5,
+                "outcome": r.6,
+                "request_id": r.7,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
