@@ -635,7 +635,7 @@ mod tests {
         ConsultationEvent::Cancelled {
             by,
             reason: text(CANCEL_REASON),
-            refund: None,
+            refund: consult_domain::RefundDue::NotDue,
             at: before_start(),
         }
     }

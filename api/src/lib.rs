@@ -25,6 +25,7 @@ use consult_store::Store;
 
 pub use auth::{Caller, Claims, Role, TokenError, TokenKey};
 pub use error::{ApiError, Problem};
+pub use routes::audit::build_history;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -94,6 +95,9 @@ pub struct MediaSettings {
     pub grace: std::time::Duration,
     /// The longest life of an access token.
     pub token_ttl: std::time::Duration,
+    /// Base of the links people follow (`APP_URL`): the meeting link is
+    /// `{app_url}/consultations/{id}/join`.
+    pub app_url: String,
 }
 
 /// What checking an `X-Twilio-Signature` takes.
@@ -140,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/consultations/{id}/voice-call", post(m::voice_call))
         .route("/v1/consultations/{id}/notifications", get(n::list))
         .route("/v1/consultations/{id}/history", get(audit::history))
+        .route("/v1/consultations/{id}/fhir", get(audit::fhir))
         .route("/v1/admin/access-log", get(audit::access_entries))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
         .route("/v1/providers/{id}", get(p::get))

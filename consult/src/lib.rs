@@ -1,6 +1,7 @@
 //! The consultation engine as a program: configuration, start-up and shutdown. `main.rs` holds
 //! only the command line; tests start the same [`Application`] on port 0.
 
+pub mod audit;
 pub mod config;
 pub mod rebuild;
 pub mod secret;
@@ -99,6 +100,7 @@ impl Application {
                 join_before: config.media.join_before,
                 grace: config.media.grace,
                 token_ttl: config.media.token_ttl,
+                app_url: config.app_url.clone(),
             },
             payments: PaymentSettings {
                 secret: config.payments.webhook_secret.clone(),

@@ -391,6 +391,38 @@ enum Command {
         #[command(flatten)]
         storage: Storage,
     },
+    /// A consultation's history: every event with who did it, the state, and the side effects.
+    History {
+        /// The consultation's id.
+        id: String,
+        /// Only what was recorded up to this instant (RFC 3339), and the state then.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Print JSON instead of a timeline.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        storage: Storage,
+    },
+    /// Write the event log as JSON Lines to standard output, in log order, streaming.
+    Export {
+        /// Only this consultation's events.
+        #[arg(long, conflicts_with = "since")]
+        consultation: Option<String>,
+        /// Only events recorded from this instant on (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Resume: only events after this position (the last line's `position`).
+        #[arg(long, default_value_t = 0)]
+        after_position: i64,
+        #[command(flatten)]
+        storage: Storage,
+    },
+    /// Load an export (JSON Lines on standard input) into an empty store, hashes and all.
+    Import {
+        #[command(flatten)]
+        storage: Storage,
+    },
     /// Recompute every stream's hash chain and report each break (an edited, deleted,
     /// reordered or inserted event); exits non-zero when any is found.
     Verify {
@@ -399,6 +431,14 @@ enum Command {
     },
     /// Drive book → accept through the HTTP API and report throughput, latency and memory.
     Bench(bench::BenchArgs),
+}
+
+/// Opens (and migrates) the store a command names.
+async fn open_store(storage: Storage) -> Result<Store, Box<dyn std::error::Error>> {
+    let url = database_url(storage.database_url, &storage.data_dir);
+    let store = Store::connect(&StoreOptions::new(url)).await?;
+    store.migrate().await?;
+    Ok(store)
 }
 
 fn jwt_secret(data_dir: &std::path::Path) -> Result<secrecy::SecretString, secret::SecretError> {
@@ -537,6 +577,75 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 done.elapsed.as_secs_f64(),
                 done.rate
             );
+        }
+        Command::History {
+            id,
+            as_of,
+            json,
+            storage,
+        } => {
+            let as_of = as_of
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|_| {
+                            "--as-of must be an RFC 3339 timestamp, e.g. 2030-01-31T14:00:00Z"
+                        })
+                })
+                .transpose()?;
+            let store = open_store(storage).await?;
+            let history = consult_api::build_history(&store, &id, as_of).await;
+            store.close().await;
+            let Some(history) = history.map_err(|e| e.to_string())? else {
+                return Err(format!("no consultation {id}").into());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                print!("{}", consult::audit::timeline(&history));
+            }
+        }
+        Command::Export {
+            consultation,
+            since,
+            after_position,
+            storage,
+        } => {
+            let since = since
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|_| "--since must be an RFC 3339 timestamp")
+                })
+                .transpose()?;
+            let store = open_store(storage).await?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let filter = consult::audit::ExportFilter {
+                consultation,
+                since,
+                after_position,
+            };
+            let summary = consult::audit::export(&store, &filter, &mut out).await;
+            store.close().await;
+            let summary = summary?;
+            eprintln!(
+                "exported {} events; last position {}{}",
+                summary.events,
+                summary.last_position,
+                if summary.stopped_early {
+                    " (stopped before a transaction still in flight: resume with --after-position)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Import { storage } => {
+            let store = open_store(storage).await?;
+            let stdin = std::io::stdin();
+            let imported = consult::audit::import(&store, stdin.lock()).await;
+            store.close().await;
+            eprintln!("imported {} events", imported?);
         }
         Command::Verify { storage } => {
             let url = database_url(storage.database_url, &storage.data_dir);

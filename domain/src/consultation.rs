@@ -154,10 +154,13 @@ pub struct Booking {
     pub price: Option<Money>,
 }
 
-/// What a cancellation of a paid consultation does to the payment.
+/// What a cancellation does to the payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefundDue {
+    /// Nothing was paid (or, for a cancellation recorded before version 2.0, nothing was
+    /// decided).
+    NotDue,
     /// Refunded in full: cancelled by the provider or the clinic, or by the patient at least
     /// the notice period before the start.
     Full,
@@ -471,9 +474,8 @@ pub enum ConsultationEvent {
     Cancelled {
         by: Canceller,
         reason: BoundedText,
-        /// For a paid consultation: whether it is refunded. Absent when nothing was paid.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        refund: Option<RefundDue>,
+        /// What happens to the payment. Added in version 2.0 (see `upcast`).
+        refund: RefundDue,
         at: DateTime<Utc>,
     },
     Expired {
@@ -566,7 +568,7 @@ impl DomainEvent for ConsultationEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        crate::upcast::current_version(self.name()).to_owned()
     }
 }
 
@@ -747,10 +749,11 @@ impl Consultation {
                 refund_notice,
                 at,
             } if state.is_open() => {
-                let refund = (self.payment == PaymentStatus::Paid).then(|| match by {
+                let refund = match by {
+                    _ if self.payment != PaymentStatus::Paid => RefundDue::NotDue,
                     Canceller::Patient if at > starts_at - refund_notice => RefundDue::NoneLate,
                     _ => RefundDue::Full,
-                });
+                };
                 E::Cancelled {
                     by,
                     reason,
@@ -880,7 +883,7 @@ impl Consultation {
             }
             E::Cancelled { refund, .. } => {
                 self.status = S::Cancelled;
-                if refund == Some(RefundDue::Full) {
+                if refund == RefundDue::Full {
                     self.refund_if_paid();
                 }
             }

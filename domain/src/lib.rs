@@ -3,6 +3,7 @@
 
 pub mod consultation;
 pub mod provider;
+pub mod upcast;
 pub mod values;
 
 pub use consultation::{

@@ -189,7 +189,7 @@ fn cancelled_with(
     ConsultationEvent::Cancelled {
         by,
         reason: text("No longer needed"),
-        refund,
+        refund: refund.unwrap_or(RefundDue::NotDue),
         at,
     }
 }

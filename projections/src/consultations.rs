@@ -156,10 +156,12 @@ fn fold(
             });
         }
         let folded: ConsultationEvent =
-            serde_json::from_str(&event.payload).map_err(|source| ProjectionError::Unreadable {
-                id: event.aggregate_id.clone(),
-                position: event.position,
-                source,
+            serde_json::from_str(&event.current_payload()).map_err(|source| {
+                ProjectionError::Unreadable {
+                    id: event.aggregate_id.clone(),
+                    position: event.position,
+                    source,
+                }
             })?;
         row.state.evolve(folded);
         row.position = event.position;

@@ -242,7 +242,7 @@ impl Handler for NotificationsReactor {
                 let Some(state) = states.get_mut(&event.aggregate_id) else {
                     continue;
                 };
-                let parsed: ConsultationEvent = serde_json::from_str(&event.payload)?;
+                let parsed: ConsultationEvent = serde_json::from_str(&event.current_payload())?;
                 let before = state.clone();
                 state.evolve(parsed.clone());
                 let after = state.clone();
@@ -319,19 +319,22 @@ pub(crate) async fn state_before(
 ) -> Result<Consultation, HandlerError> {
     let sql = match tx {
         Tx::Postgres(_) => {
-            "SELECT payload::text FROM events WHERE aggregate_type = 'consultation' \
+            "SELECT event_type, event_version, payload::text FROM events \
+             WHERE aggregate_type = 'consultation' \
              AND aggregate_id = $1 AND sequence < $2 ORDER BY sequence"
         }
         Tx::Sqlite(_) => {
-            "SELECT payload FROM events WHERE aggregate_type = 'consultation' \
+            "SELECT event_type, event_version, payload FROM events \
+             WHERE aggregate_type = 'consultation' \
              AND aggregate_id = $1 AND sequence < $2 ORDER BY sequence"
         }
     };
-    let payloads: Vec<String> = with_tx!(tx, conn => {
-        sqlx::query_scalar(sql).bind(id).bind(sequence).fetch_all(conn).await?
+    let rows: Vec<(String, String, String)> = with_tx!(tx, conn => {
+        sqlx::query_as(sql).bind(id).bind(sequence).fetch_all(conn).await?
     });
     let mut state = Consultation::default();
-    for payload in payloads {
+    for (event_type, version, payload) in rows {
+        let payload = consult_domain::upcast::upcast_text(&event_type, &version, payload);
         state.evolve(serde_json::from_str(&payload)?);
     }
     Ok(state)
@@ -489,10 +492,12 @@ fn react(
         E::Cancelled { by, refund, .. } => {
             let mut notice = base(NotificationKind::Cancelled);
             notice.refund = match refund {
-                Some(RefundDue::Full) => Some("full".to_owned()),
-                Some(RefundDue::NoneLate) => Some("late".to_owned()),
-                None if before.payment == PaymentStatus::Unpaid => Some("not_paid".to_owned()),
-                None => None,
+                RefundDue::Full => Some("full".to_owned()),
+                RefundDue::NoneLate => Some("late".to_owned()),
+                RefundDue::NotDue if before.payment == PaymentStatus::Unpaid => {
+                    Some("not_paid".to_owned())
+                }
+                RefundDue::NotDue => None,
             };
             notice.cancelled_by = Some(
                 match by {

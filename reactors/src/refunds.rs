@@ -72,7 +72,7 @@ impl Handler for RefundsReactor {
                     continue;
                 };
                 let before = state.payment;
-                state.evolve(serde_json::from_str(&event.payload)?);
+                state.evolve(serde_json::from_str(&event.current_payload())?);
                 if before == PaymentStatus::Paid && state.payment == PaymentStatus::RefundPending {
                     let Some(payment_id) = state.payment_id.clone() else {
                         tracing::warn!(consultation = %event.aggregate_id, "refund due but no payment id on record");

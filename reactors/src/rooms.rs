@@ -296,7 +296,7 @@ impl Handler for RoomsReactor {
                 let Some(state) = states.get_mut(&event.aggregate_id) else {
                     continue;
                 };
-                let parsed: ConsultationEvent = serde_json::from_str(&event.payload)?;
+                let parsed: ConsultationEvent = serde_json::from_str(&event.current_payload())?;
                 let before = state.clone();
                 state.evolve(parsed.clone());
                 self.react(event, &before, state, &parsed, now, &mut steps)?;

@@ -480,7 +480,7 @@ impl<P: FnMut(u64, u64)> Walk<'_, P> {
                 check_row(self.report, stream, &row, passed);
             }
             self.report.events += 1;
-            if self.report.events % 10_000 == 0 {
+            if self.report.events.is_multiple_of(10_000) {
                 (self.progress)(self.report.events, self.total);
             }
         }

@@ -35,6 +35,29 @@ pub struct Committed<A> {
     pub written: usize,
 }
 
+/// Brings old event shapes to the current ones as streams are loaded (`consult_domain::upcast`).
+struct DomainUpcaster;
+
+impl cqrs_es::persist::EventUpcaster for DomainUpcaster {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        event_version != consult_domain::upcast::current_version(event_type)
+    }
+
+    fn upcast(
+        &self,
+        mut event: cqrs_es::persist::SerializedEvent,
+    ) -> cqrs_es::persist::SerializedEvent {
+        event.payload =
+            consult_domain::upcast::upcast(&event.event_type, &event.event_version, event.payload);
+        event.event_version = consult_domain::upcast::current_version(&event.event_type).to_owned();
+        event
+    }
+}
+
+fn upcasters() -> Vec<Box<dyn cqrs_es::persist::EventUpcaster>> {
+    vec![Box::new(DomainUpcaster)]
+}
+
 impl Store {
     async fn load_context<A: Aggregate>(
         &self,
@@ -45,6 +68,7 @@ impl Store {
                 PersistedEventStore::<_, A>::new_event_store(PostgresEventRepository::new(
                     pool.clone(),
                 ))
+                .with_upcasters(upcasters())
                 .load_aggregate(id)
                 .await
             }
@@ -52,6 +76,7 @@ impl Store {
                 PersistedEventStore::<_, A>::new_event_store(SqliteEventRepository::new(
                     pool.clone(),
                 ))
+                .with_upcasters(upcasters())
                 .load_aggregate(id)
                 .await
             }

@@ -36,6 +36,21 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// The payload in the current shape of its event type: stored payloads of older versions
+    /// go through `consult_domain::upcast`. (`payload` itself stays as stored: the hash chain
+    /// covers what is stored.)
+    pub fn current_payload(&self) -> std::borrow::Cow<'_, str> {
+        if self.event_version == consult_domain::upcast::current_version(&self.event_type) {
+            std::borrow::Cow::Borrowed(&self.payload)
+        } else {
+            std::borrow::Cow::Owned(consult_domain::upcast::upcast_text(
+                &self.event_type,
+                &self.event_version,
+                self.payload.clone(),
+            ))
+        }
+    }
+
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             transaction_id: self.transaction_id,

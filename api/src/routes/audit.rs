@@ -26,7 +26,8 @@ fn instant(ms: i64) -> Option<String> {
 /// What a consultation route reads, for the access log; `None` for routes that are not reads
 /// of a consultation.
 fn action_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, String)> {
-    if method != axum::http::Method::GET {
+    // HEAD runs the GET handler (and tells whether the read was allowed): a read too.
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
         return None;
     }
     let rest = path.strip_prefix("/v1/consultations/")?;
@@ -38,7 +39,35 @@ fn action_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, S
         "fhir" => "read_fhir",
         _ => return None,
     };
-    Some((action, id.to_owned()))
+    Some((action, consultation_key(id)))
+}
+
+/// The consultation id as the handlers see it — percent-decoded, and in the canonical UUID
+/// form when it is one (`Uuid::parse_str` also takes upper case, no hyphens, braces, URNs) —
+/// so that a read under another spelling of the id is logged under the id itself.
+fn consultation_key(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
+            (b'%', Some(hi), Some(lo)) if hex(hi).is_some() && hex(lo).is_some() => {
+                let value = hex(hi).unwrap_or(0) * 16 + hex(lo).unwrap_or(0);
+                decoded.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    Uuid::parse_str(&decoded).map_or_else(
+        |_| decoded.chars().take(64).collect(),
+        |id| id.to_string(),
+    )
 }
 
 /// Records every read of a consultation (who, role, what, when, outcome, request id) before
@@ -138,21 +167,38 @@ pub async fn history(
                 })
         })
         .transpose()?;
-    let rows = events(&state, &id).await?;
+    build_history(&state.store, &id, as_of)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("no such consultation"))
+}
+
+/// A consultation's history as of an instant (all of it when `None`): what
+/// `GET /v1/consultations/{id}/history` answers and `consult history` prints. `None` when the
+/// consultation does not exist.
+pub async fn build_history(
+    store: &consult_store::Store,
+    id: &str,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<Option<Value>, ApiError> {
+    let rows = events(store, id).await?;
     if rows.is_empty() {
-        return Err(ApiError::NotFound("no such consultation"));
+        return Ok(None);
     }
     let mut consultation = Consultation::default();
     let mut items = Vec::new();
     for (sequence, position, recorded_at, event_type, version, payload, meta, prev, hash) in rows {
         let recorded = parse_recorded(&recorded_at);
         if let (Some(as_of), Some(recorded)) = (as_of, recorded) {
-            if recorded > as_of {
+            // At the precision `recorded_at` is shown with (PostgreSQL keeps microseconds):
+            // `as_of` = an event's `recorded_at` includes that event.
+            if recorded.timestamp_millis() > as_of.timestamp_millis() {
                 break;
             }
         }
         let payload_value: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-        match serde_json::from_str(&payload) {
+        let current = consult_domain::upcast::upcast_text(&event_type, &version, payload);
+        match serde_json::from_str(&current) {
             Ok(event) => consultation.evolve(event),
             Err(err) => {
                 return Err(ApiError::Internal(
@@ -177,8 +223,8 @@ pub async fn history(
         }));
     }
     let until_ms = as_of.map_or(i64::MAX, |t| t.timestamp_millis());
-    let side_effects = side_effects(&state, &id, until_ms).await?;
-    Ok(Json(json!({
+    let side_effects = side_effects(store, id, until_ms).await?;
+    Ok(Some(json!({
         "consultation_id": id,
         "as_of": as_of.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         "state": {
@@ -204,8 +250,8 @@ fn parse_recorded(text: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-async fn events(state: &AppState, id: &str) -> Result<Vec<EventRow>, ApiError> {
-    let rows: Vec<EventRow> = match state.store.db() {
+async fn events(store: &consult_store::Store, id: &str) -> Result<Vec<EventRow>, ApiError> {
+    let rows: Vec<EventRow> = match store.db() {
         consult_store::Db::Postgres(pool) => sqlx::query_as(
             "SELECT sequence, position, \
                     to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
@@ -266,8 +312,12 @@ type JobRow = (
 );
 
 /// The outcomes of what the events caused, recorded up to `until_ms`.
-async fn side_effects(state: &AppState, id: &str, until_ms: i64) -> Result<Value, ApiError> {
-    let db = state.store.db();
+async fn side_effects(
+    store: &consult_store::Store,
+    id: &str,
+    until_ms: i64,
+) -> Result<Value, ApiError> {
+    let db = store.db();
     let notifications: Vec<NotificationRow> = with_pool!(db, pool => {
         sqlx::query_as(
             "SELECT id, recipient_role, channel, kind, recipient_masked, status, attempts, \
@@ -371,4 +421,60 @@ pub async fn access_entries(
         })
         .collect();
     Ok(Json(json!({ "items": items })))
+}
+
+/// `GET /v1/consultations/{id}/fhir` (its participants, admin, auditor): the consultation as a
+/// FHIR R4 `Appointment` (`application/fhir+json`), read from its own events.
+pub async fn fhir(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::NotFound("no such consultation"))?
+        .to_string();
+    let rows = events(&state.store, &id).await?;
+    let mut consultation = Consultation::default();
+    let mut history = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let current = consult_domain::upcast::upcast_text(&row.3, &row.4, row.5.clone());
+        let event: consult_domain::ConsultationEvent = serde_json::from_str(&current)
+            .map_err(|e| ApiError::Internal(format!("event {} of {id}: {e}", row.0).into()))?;
+        consultation.evolve(event.clone());
+        history.push(event);
+    }
+    let Some(booking) = consultation.booking.as_ref() else {
+        return Err(ApiError::NotFound("no such consultation"));
+    };
+    let allowed = match caller.role {
+        Role::Patient => booking.patient_id.as_str() == caller.id,
+        Role::Provider => booking.provider_id.as_str() == caller.id,
+        Role::Admin | Role::Auditor => true,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden("this consultation is not yours"));
+    }
+    let provider = state
+        .store
+        .load::<consult_domain::Provider>(booking.provider_id.as_str())
+        .await?
+        .and_then(|p| p.aggregate.profile);
+    let links = crate::fhir::FhirLinks {
+        meeting_link: Some(format!(
+            "{}/consultations/{id}/join",
+            state.media.app_url.trim_end_matches('/')
+        )),
+        provider_display: provider.map(|p| p.name.as_str().to_owned()),
+    };
+    let appointment =
+        crate::fhir::appointment(&id, &consultation, &history, &links).map_err(|e| match e {
+            crate::fhir::FhirError::NotBooked => ApiError::NotFound("no such consultation"),
+            other => ApiError::Internal(Box::new(other)),
+        })?;
+    let mut response = Json(appointment).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/fhir+json"),
+    );
+    Ok(response)
 }

@@ -2,9 +2,11 @@
 
 mod helpers;
 
+mod audit;
 mod bad_input;
 mod concurrency;
 mod delivery;
+mod export;
 mod lifecycle;
 mod media;
 mod notifications;

@@ -1,0 +1,288 @@
+//! The auditors' command line: `history` (a readable timeline, or JSON), `export` (the log as
+//! JSON Lines, streamed in constant memory and resumable by position) and `import` (an export
+//! into an empty store, hashes and all, so that `verify` can check the copy).
+
+use std::io::{BufRead, Write};
+
+use chrono::{DateTime, Utc};
+use consult_store::{with_tx, Db, Store, StoreError, Tx};
+use futures_util::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One exported event: everything the store holds about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ExportedEvent {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// RFC 3339, UTC.
+    pub recorded_at: String,
+    #[sqlx(skip)]
+    pub payload: Value,
+    #[sqlx(skip)]
+    pub metadata: Value,
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    #[sqlx(flatten)]
+    event: ExportedEvent,
+    payload_text: String,
+    metadata_text: String,
+    settled: bool,
+}
+
+/// Which events to export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub consultation: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Resume: only events after this position.
+    pub after_position: i64,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub events: u64,
+    /// The position of the last event written: resume with `--after-position` it.
+    pub last_position: i64,
+    /// Whether the export stopped before events whose transaction had not settled (PostgreSQL):
+    /// resuming from `last_position` will pick them up.
+    pub stopped_early: bool,
+}
+
+const PG_EXPORT: &str = "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
+    event_version, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+    AS recorded_at, payload::text AS payload_text, metadata::text AS metadata_text, prev_hash, \
+    hash, transaction_id < pg_snapshot_xmin(pg_current_snapshot()) AS settled \
+    FROM events WHERE position > $1 AND ($2::text IS NULL OR aggregate_id = $2) \
+    AND ($3::timestamptz IS NULL OR recorded_at >= $3) ORDER BY position";
+const SQLITE_EXPORT: &str = "SELECT position, aggregate_type, aggregate_id, sequence, \
+    event_type, event_version, recorded_at, payload AS payload_text, metadata AS metadata_text, \
+    prev_hash, hash, 1 AS settled FROM events WHERE position > $1 \
+    AND ($2 IS NULL OR aggregate_id = $2) AND ($3 IS NULL OR recorded_at >= $3) \
+    ORDER BY position";
+
+/// Streams the matching events, in log position order, as JSON Lines into `out`. On
+/// PostgreSQL it stops before the first event whose transaction has not settled (a position
+/// can commit after a higher one), so that resuming after `last_position` never skips one.
+pub async fn export(
+    store: &Store,
+    filter: &ExportFilter,
+    out: &mut impl Write,
+) -> Result<ExportSummary, Box<dyn std::error::Error>> {
+    let mut summary = ExportSummary {
+        last_position: filter.after_position,
+        ..ExportSummary::default()
+    };
+    let mut write =
+        |row: Row, summary: &mut ExportSummary| -> Result<bool, Box<dyn std::error::Error>> {
+            if !row.settled {
+                summary.stopped_early = true;
+                return Ok(false);
+            }
+            let mut event = row.event;
+            event.payload = serde_json::from_str(&row.payload_text)?;
+            event.metadata = serde_json::from_str(&row.metadata_text)?;
+            serde_json::to_writer(&mut *out, &event)?;
+            out.write_all(b"\n")?;
+            summary.events += 1;
+            summary.last_position = event.position;
+            Ok(true)
+        };
+    match store.db() {
+        Db::Postgres(pool) => {
+            let mut rows = sqlx::query_as::<_, Row>(PG_EXPORT)
+                .bind(filter.after_position)
+                .bind(filter.consultation.as_deref())
+                .bind(filter.since)
+                .fetch(pool);
+            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                if !write(row, &mut summary)? {
+                    break;
+                }
+            }
+        }
+        Db::Sqlite(pool) => {
+            let since = filter
+                .since
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+            let mut rows = sqlx::query_as::<_, Row>(SQLITE_EXPORT)
+                .bind(filter.after_position)
+                .bind(filter.consultation.as_deref())
+                .bind(since)
+                .fetch(pool);
+            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                if !write(row, &mut summary)? {
+                    break;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+/// Loads an export into a store that holds no events yet: the events keep their streams,
+/// sequences, times, payloads, metadata and hashes (and get new positions in the same order);
+/// each stream's chain head is set from its last sealed event. Lines are written 5,000 to a
+/// transaction. Returns how many events.
+pub async fn import(store: &Store, input: impl BufRead) -> Result<u64, Box<dyn std::error::Error>> {
+    let existing: i64 = consult_store::with_pool!(store.db(), pool => {
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await.map_err(StoreError::from)?
+    });
+    if existing > 0 {
+        return Err("import needs an empty store: this one holds events already".into());
+    }
+    let mut count = 0u64;
+    let mut batch: Vec<ExportedEvent> = Vec::with_capacity(5_000);
+    for (line_number, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: ExportedEvent = serde_json::from_str(&line)
+            .map_err(|e| format!("line {}: not an exported event: {e}", line_number + 1))?;
+        batch.push(event);
+        if batch.len() == 5_000 {
+            count += write_batch(store, &batch).await?;
+            batch.clear();
+        }
+    }
+    count += write_batch(store, &batch).await?;
+    Ok(count)
+}
+
+async fn write_batch(store: &Store, batch: &[ExportedEvent]) -> Result<u64, StoreError> {
+    match store.db() {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            for event in batch {
+                insert(&mut Tx::Postgres(&mut tx), event).await?;
+            }
+            tx.commit().await?;
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            for event in batch {
+                insert(&mut Tx::Sqlite(&mut tx), event).await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(batch.len() as u64)
+}
+
+async fn insert(tx: &mut Tx<'_>, event: &ExportedEvent) -> Result<(), StoreError> {
+    let (json, time) = match tx {
+        Tx::Postgres(_) => ("::jsonb", "::timestamptz"),
+        Tx::Sqlite(_) => ("", ""),
+    };
+    let sql = format!(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                             payload, metadata, recorded_at, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6{json}, $7{json}, $8{time}, $9, $10)"
+    );
+    let payload = event.payload.to_string();
+    let metadata = event.metadata.to_string();
+    with_tx!(tx, conn => {
+        sqlx::query(&sql)
+            .bind(&event.aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(event.sequence)
+            .bind(&event.event_type)
+            .bind(&event.event_version)
+            .bind(&payload)
+            .bind(&metadata)
+            .bind(&event.recorded_at)
+            .bind(&event.prev_hash)
+            .bind(&event.hash)
+            .execute(conn)
+            .await
+            .map(|_| ())?
+    });
+    if let Some(hash) = &event.hash {
+        const HEAD: &str = "INSERT INTO chain_heads (aggregate_type, aggregate_id, \
+                            last_sequence, last_hash) VALUES ($1, $2, $3, $4) \
+                            ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                               SET last_sequence = excluded.last_sequence, \
+                                   last_hash = excluded.last_hash \
+                             WHERE chain_heads.last_sequence < excluded.last_sequence";
+        with_tx!(tx, conn => {
+            sqlx::query(HEAD)
+                .bind(&event.aggregate_type)
+                .bind(&event.aggregate_id)
+                .bind(event.sequence)
+                .bind(hash)
+                .execute(conn)
+                .await
+                .map(|_| ())?
+        });
+    }
+    Ok(())
+}
+
+/// A history as a readable timeline.
+pub fn timeline(history: &Value) -> String {
+    let mut out = String::new();
+    let id = history["consultation_id"].as_str().unwrap_or("");
+    out.push_str(&format!("consultation {id}"));
+    if let Some(as_of) = history["as_of"].as_str() {
+        out.push_str(&format!(" as of {as_of}"));
+    }
+    out.push('\n');
+    for event in history["events"].as_array().into_iter().flatten() {
+        let hash = event["hash"]
+            .as_str()
+            .map_or("not sealed yet", |h| &h[..12.min(h.len())]);
+        out.push_str(&format!(
+            "  {}  #{:<3} {:<18} by {} {}  (position {}, hash {hash})\n",
+            event["recorded_at"].as_str().unwrap_or("?"),
+            event["sequence"],
+            event["type"].as_str().unwrap_or("?"),
+            event["actor"]["role"].as_str().unwrap_or("?"),
+            event["actor"]["id"].as_str().unwrap_or("?"),
+            event["position"],
+        ));
+    }
+    out.push_str(&format!(
+        "state: {} (payment {}), version {}\n",
+        history["state"]["status"].as_str().unwrap_or("?"),
+        history["state"]["payment_status"].as_str().unwrap_or("?"),
+        history["state"]["version"],
+    ));
+    let effects = &history["side_effects"];
+    for n in effects["notifications"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  notification {} to {} by {}: {} (attempts {})\n",
+            n["kind"].as_str().unwrap_or("?"),
+            n["recipient_role"].as_str().unwrap_or("?"),
+            n["channel"].as_str().unwrap_or("?"),
+            n["status"].as_str().unwrap_or("?"),
+            n["attempts"],
+        ));
+    }
+    for c in effects["calls"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  call asked by {}: {}\n",
+            c["requested_by"].as_str().unwrap_or("?"),
+            c["status"].as_str().unwrap_or("?"),
+        ));
+    }
+    for j in effects["jobs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {} job: {} (attempts {})\n",
+            j["kind"].as_str().unwrap_or("?"),
+            j["status"].as_str().unwrap_or("?"),
+            j["attempts"],
+        ));
+    }
+    out
+}
