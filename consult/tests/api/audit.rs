@@ -719,6 +719,56 @@ async fn every_read_of_a_consultation_is_in_the_access_log(backend: Backend) {
     );
 }
 
+/// No unlogged access: while the access log cannot be written, reads of a consultation are
+/// refused (503, nothing of the consultation in the answer); other routes keep working.
+async fn a_read_that_cannot_be_logged_is_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let id = app.book("pat-1", "prov-1", 48).await;
+    let patient = app.token(Role::Patient, "pat-1");
+    let own = app.read(&format!("/v1/consultations/{id}"), &patient).await;
+    assert_eq!(own.status(), StatusCode::OK);
+
+    exec(&app, "ALTER TABLE access_log RENAME TO access_log_away").await;
+    for (path, token) in [
+        (format!("/v1/consultations/{id}"), patient.clone()),
+        (
+            format!("/v1/consultations/{id}/history"),
+            app.token(Role::Auditor, "aud-1"),
+        ),
+        (
+            format!("/v1/consultations/{id}/notifications"),
+            patient.clone(),
+        ),
+    ] {
+        let body = assert_problem(
+            app.get(&path, &token).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+        )
+        .await;
+        let text = body.to_string();
+        assert!(
+            !text.contains("prov-1") && !text.contains("follow-up"),
+            "{path}: {text}"
+        );
+    }
+    // Not a read of a consultation: served.
+    let list = app.get("/v1/consultations", &patient).await;
+    assert_eq!(list.status(), StatusCode::OK);
+
+    exec(&app, "ALTER TABLE access_log_away RENAME TO access_log").await;
+    let own = app.get(&format!("/v1/consultations/{id}"), &patient).await;
+    assert_eq!(own.status(), StatusCode::OK);
+    let log = access_log(&app, "").await;
+    assert_eq!(log.len(), 2, "the refused reads left no entry: {log:#?}");
+    assert!(log
+        .iter()
+        .all(|e| e["outcome"] == 200 && e["actor"]["id"] == "pat-1"));
+}
+
 /// Books consultations and takes each through its steps; returns their ids.
 async fn busy_store(app: &TestApp) -> Vec<String> {
     app.register_provider("prov-1").await;
@@ -898,6 +948,7 @@ async fn a_replay_keeps_the_chain_and_launders_nothing(backend: Backend) {
 on_both_backends!(
     history_as_of_shows_the_consultation_as_it_was,
     every_read_of_a_consultation_is_in_the_access_log,
+    a_read_that_cannot_be_logged_is_refused,
     tampering_is_reported_where_it_happened,
     a_replay_keeps_the_chain_and_launders_nothing,
 );
