@@ -242,3 +242,83 @@ async fn a_version_1_event_in_the_store_is_read_as_version_2(backend: Backend) {
 }
 
 on_both_backends!(a_version_1_event_in_the_store_is_read_as_version_2);
+
+/// `GET /v1/consultations/{id}/fhir` answers an R4 Appointment to its participants (and
+/// auditors), follows the lifecycle, and is logged.
+async fn the_fhir_appointment_follows_the_consultation(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let id = app.book("pat-1", "prov-1", 48).await;
+    let read = |who: (Role, &'static str)| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.get(
+                &format!("/v1/consultations/{id}/fhir"),
+                &app.token(who.0, who.1),
+            )
+            .await
+        }
+    };
+    let response = read((Role::Patient, "pat-1")).await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/fhir+json")
+    );
+    let appointment: Value = response.json().await.expect("json");
+    assert_eq!(appointment["resourceType"], "Appointment");
+    assert_eq!(appointment["id"], json!(id));
+    assert_eq!(appointment["status"], "pending");
+    assert!(appointment.get("cancelationReason").is_none());
+    assert!(appointment["start"].is_string() && appointment["end"].is_string());
+    assert_eq!(appointment["participant"].as_array().map(Vec::len), Some(2));
+    let cancel = app
+        .post(
+            &format!("/v1/consultations/{id}/cancel"),
+            &app.token(Role::Provider, "prov-1"),
+            &json!({"reason": "unwell"}),
+        )
+        .await;
+    assert_eq!(cancel.status(), reqwest::StatusCode::OK);
+    let appointment: Value = read((Role::Auditor, "aud-1"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(appointment["status"], "cancelled");
+    assert_eq!(
+        appointment["cancelationReason"]["coding"][0]["code"], "prov",
+        "{appointment}"
+    );
+    assert!(!appointment.to_string().contains("unwell"), "no free text");
+    assert_eq!(
+        read((Role::Patient, "pat-2")).await.status(),
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let log: Value = app
+        .get(
+            &format!("/v1/admin/access-log?consultation_id={id}"),
+            &app.token(Role::Auditor, "aud-1"),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let fhir_reads: Vec<i64> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "read_fhir")
+        .filter_map(|e| e["outcome"].as_i64())
+        .collect();
+    assert_eq!(fhir_reads.len(), 3, "{log}");
+    assert!(fhir_reads.contains(&403));
+}
+
+on_both_backends!(the_fhir_appointment_follows_the_consultation);
