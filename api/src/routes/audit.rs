@@ -51,7 +51,11 @@ fn consultation_key(raw: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| char::from(b).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
             (b'%', Some(hi), Some(lo)) if hex(hi).is_some() && hex(lo).is_some() => {
                 let value = hex(hi).unwrap_or(0) * 16 + hex(lo).unwrap_or(0);
                 decoded.push(u8::try_from(value).unwrap_or(b'?'));
@@ -64,10 +68,8 @@ fn consultation_key(raw: &str) -> String {
         }
     }
     let decoded = String::from_utf8_lossy(&decoded);
-    Uuid::parse_str(&decoded).map_or_else(
-        |_| decoded.chars().take(64).collect(),
-        |id| id.to_string(),
-    )
+    Uuid::parse_str(&decoded)
+        .map_or_else(|_| decoded.chars().take(64).collect(), |id| id.to_string())
 }
 
 /// Records every read of a consultation (who, role, what, when, outcome, request id) before
@@ -111,7 +113,9 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         Ok(_) => response,
         Err(err) => {
             tracing::error!(error = %err, action, "cannot record an access; the read is refused");
-            ApiError::from(StoreError::from(err)).into_response()
+            // 503 whatever the cause (not only when the database is unreachable): the read
+            // itself was fine, it is the log that cannot take it now.
+            ApiError::Unavailable.into_response()
         }
     }
 }
