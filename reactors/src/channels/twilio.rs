@@ -236,10 +236,11 @@ struct Created {
 }
 
 /// Twilio's REST error body: `{"code": 21211, "message": "…", "more_info": "…", "status": 400}`.
-#[derive(Deserialize)]
-struct TwilioError {
-    code: Option<i64>,
-    message: Option<String>,
+/// Shared by every Twilio client here (messages, calls, rooms).
+#[derive(Deserialize, Default)]
+pub(crate) struct TwilioError {
+    pub(crate) code: Option<i64>,
+    pub(crate) message: Option<String>,
 }
 
 /// The `To`/`From` value for `kind`: E.164, with the `whatsapp:` prefix for WhatsApp. Accepts
@@ -257,7 +258,7 @@ fn address(kind: ChannelKind, number: &str) -> Option<String> {
 }
 
 /// `+` then 2 to 15 digits, the first not zero.
-fn is_e164(number: &str) -> bool {
+pub(crate) fn is_e164(number: &str) -> bool {
     let Some(digits) = number.strip_prefix('+') else {
         return false;
     };
@@ -279,8 +280,9 @@ fn request_error(error: &reqwest::Error) -> SendError {
     }
 }
 
-/// A non-success HTTP status, with Twilio's error code and (scrubbed) message if present.
-fn status_error(status: StatusCode, details: Option<&TwilioError>) -> SendError {
+/// What Twilio answered, for logs and the dead letters: the status, Twilio's error code and its
+/// (scrubbed) message if present.
+pub(crate) fn error_text(status: StatusCode, details: Option<&TwilioError>) -> String {
     let mut text = format!("Twilio answered {}", status.as_u16());
     if let Some(code) = details.and_then(|d| d.code) {
         text.push_str(&format!(" (code {code})"));
@@ -289,6 +291,12 @@ fn status_error(status: StatusCode, details: Option<&TwilioError>) -> SendError 
         text.push_str(": ");
         text.push_str(&scrub(message));
     }
+    text
+}
+
+/// A non-success HTTP status, with Twilio's error code and (scrubbed) message if present.
+fn status_error(status: StatusCode, details: Option<&TwilioError>) -> SendError {
+    let text = error_text(status, details);
     let retryable = status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
         || status.is_server_error();
@@ -301,7 +309,7 @@ fn status_error(status: StatusCode, details: Option<&TwilioError>) -> SendError 
 
 /// Twilio's error messages may quote the phone number ("The 'To' number +1… is not a valid
 /// phone number."): mask every run of 7 or more digits (with its `+`), and cap the length.
-fn scrub(text: &str) -> String {
+pub(crate) fn scrub(text: &str) -> String {
     const MAX_CHARS: usize = 300;
     let mut out = String::with_capacity(text.len());
     let mut run = String::new();

@@ -30,6 +30,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use super::{AccessGrant, CreatedRoom, RoomRequest, TokenUnavailable, VideoProvider};
+use crate::channels::twilio::TwilioError;
 use crate::channels::SendError;
 
 /// Twilio Video's production API root.
@@ -369,14 +370,6 @@ impl VideoProvider for TwilioVideo {
 struct Room {
     sid: Option<String>,
     status: Option<String>,
-}
-
-/// Twilio's REST error body: `{"code": 53113, "message": "…", "more_info": "…", "status": 400}`;
-/// all `None` when the body is missing or not that JSON.
-#[derive(Deserialize, Default)]
-struct TwilioError {
-    code: Option<i64>,
-    message: Option<String>,
 }
 
 async fn error_details(response: reqwest::Response) -> TwilioError {

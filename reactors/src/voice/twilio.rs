@@ -33,6 +33,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use super::{CallRequest, PlacedCall, VoiceProvider};
+use crate::channels::twilio::{error_text, is_e164, TwilioError};
 use crate::channels::{mask, SendError};
 
 /// Twilio's production API root.
@@ -260,23 +261,6 @@ struct Created {
     status: Option<String>,
 }
 
-/// Twilio's REST error body: `{"code": 21211, "message": "…", "more_info": "…", "status": 400}`.
-#[derive(Deserialize)]
-struct TwilioError {
-    code: Option<i64>,
-    message: Option<String>,
-}
-
-/// `+` then 2 to 15 digits, the first not zero.
-fn is_e164(number: &str) -> bool {
-    let Some(digits) = number.strip_prefix('+') else {
-        return false;
-    };
-    (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-}
-
 fn is_absolute_url(url: &str) -> bool {
     let rest = url
         .strip_prefix("https://")
@@ -305,14 +289,7 @@ fn request_error(error: &reqwest::Error) -> SendError {
 
 /// A non-success HTTP status, with Twilio's error code and (scrubbed) message if present.
 fn status_error(status: StatusCode, details: Option<&TwilioError>) -> SendError {
-    let mut text = format!("Twilio answered {}", status.as_u16());
-    if let Some(code) = details.and_then(|d| d.code) {
-        text.push_str(&format!(" (code {code})"));
-    }
-    if let Some(message) = details.and_then(|d| d.message.as_deref()) {
-        text.push_str(": ");
-        text.push_str(&scrub(message));
-    }
+    let text = error_text(status, details);
     if status == StatusCode::GATEWAY_TIMEOUT {
         return SendError::permanent(format!("{text}; {MAYBE_PLACED}"));
     }
@@ -329,33 +306,6 @@ fn status_error(status: StatusCode, details: Option<&TwilioError>) -> SendError 
     } else {
         SendError::permanent(text)
     }
-}
-
-/// Twilio's error messages may quote the phone number ("The 'To' number +1… is not a valid
-/// phone number."): mask every run of 7 or more digits (with its `+`), and cap the length.
-fn scrub(text: &str) -> String {
-    const MAX_CHARS: usize = 300;
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        let digits = run.chars().filter(char::is_ascii_digit).count();
-        if digits >= 7 {
-            out.push_str(&mask(run));
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars().take(MAX_CHARS) {
-        if c.is_ascii_digit() || (c == '+' && run.is_empty()) {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 #[cfg(test)]
