@@ -162,6 +162,16 @@ enum Outcome {
     Dead(String),
 }
 
+impl From<MediaOutcome> for Outcome {
+    fn from(outcome: MediaOutcome) -> Self {
+        match outcome {
+            MediaOutcome::Done => Self::Done,
+            MediaOutcome::Retry(error) => Self::Retry(error),
+            MediaOutcome::Dead(error) => Self::Dead(error),
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -290,26 +300,15 @@ impl Dispatcher {
             Some(JobKind::Deadline) => self.deadline(job).await,
             Some(JobKind::Refund) => match &self.refunds {
                 None => Outcome::Dead("no payment provider in this worker".into()),
-                Some(refunds) => match refunds.run(&self.store, job).await {
-                    MediaOutcome::Done => Outcome::Done,
-                    MediaOutcome::Retry(error) => Outcome::Retry(error),
-                    MediaOutcome::Dead(error) => Outcome::Dead(error),
-                },
+                Some(refunds) => refunds.run(&self.store, job).await.into(),
             },
-            Some(kind @ (JobKind::Room | JobKind::Call)) => match &self.media {
-                None => Outcome::Dead("no video or voice provider in this worker".into()),
-                Some(media) => {
-                    let outcome = if kind == JobKind::Room {
-                        media.run_room(&self.store, job).await
-                    } else {
-                        media.run_call(&self.store, job).await
-                    };
-                    match outcome {
-                        MediaOutcome::Done => Outcome::Done,
-                        MediaOutcome::Retry(error) => Outcome::Retry(error),
-                        MediaOutcome::Dead(error) => Outcome::Dead(error),
-                    }
-                }
+            Some(JobKind::Room) => match &self.media {
+                None => Outcome::Dead("no video provider in this worker".into()),
+                Some(media) => media.run_room(&self.store, job).await.into(),
+            },
+            Some(JobKind::Call) => match &self.media {
+                None => Outcome::Dead("no voice provider in this worker".into()),
+                Some(media) => media.run_call(&self.store, job).await.into(),
             },
             None => Outcome::Dead(format!("unknown job kind {}", job.kind)),
         };

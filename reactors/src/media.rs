@@ -193,7 +193,7 @@ impl Media {
         if reason == RoomEndReason::TimeUp {
             let close = state
                 .ends_at()
-                .map(|end| end + chrono::Duration::from_std(self.grace).unwrap_or_default());
+                .map(|end| end + crate::reactor::chrono_duration(self.grace));
             if close.is_some_and(|close| close > Utc::now()) {
                 // The consultation moved later; the timer of its new end will close the room.
                 return MediaOutcome::Done;
@@ -288,7 +288,7 @@ impl Media {
         }
         let too_late = state
             .ends_at()
-            .map(|end| end + chrono::Duration::from_std(self.grace).unwrap_or_default())
+            .map(|end| end + crate::reactor::chrono_duration(self.grace))
             .is_some_and(|close| close <= Utc::now());
         if too_late {
             return MediaOutcome::Dead("the consultation's time is over".into());

@@ -539,7 +539,7 @@ fn react(
     }
 }
 
-fn chrono_duration(duration: Duration) -> chrono::Duration {
+pub(crate) fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 

@@ -23,7 +23,7 @@ use consult_store::{with_tx, BoxFuture, Handler, HandlerError, RecordedEvent, Tx
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::{self, JobKind, NewJob};
-use crate::reactor::state_before;
+use crate::reactor::{chrono_duration, state_before};
 
 /// What the rooms reactor needs to know.
 #[derive(Debug, Clone)]
@@ -129,10 +129,6 @@ enum Step {
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
-}
-
-fn chrono_duration(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 impl RoomsReactor {
