@@ -142,6 +142,18 @@ impl NotificationArgs {
             token_ttl: parse_duration("VIDEO_TOKEN_TTL", &self.video_token_ttl)?,
             ..Media::default()
         };
+        for (name, value) in [
+            ("VIDEO_JOIN_BEFORE", media.join_before),
+            ("VIDEO_GRACE", media.grace),
+        ] {
+            if value > std::time::Duration::from_secs(24 * 3600) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: "must be at most 24h".into(),
+                }
+                .into());
+            }
+        }
         if media.token_ttl > std::time::Duration::from_secs(3600) || media.token_ttl.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "VIDEO_TOKEN_TTL",
