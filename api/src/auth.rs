@@ -156,6 +156,16 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller may see a consultation between this patient and this provider: its
+    /// patient, its provider, an admin or an auditor.
+    pub fn may_see(&self, patient_id: &str, provider_id: &str) -> bool {
+        match self.role {
+            Role::Patient => patient_id == self.id,
+            Role::Provider => provider_id == self.id,
+            Role::Admin | Role::Auditor => true,
+        }
+    }
+
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             Ok(())

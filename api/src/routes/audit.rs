@@ -450,12 +450,7 @@ pub async fn fhir(
     let Some(booking) = consultation.booking.as_ref() else {
         return Err(ApiError::NotFound("no such consultation"));
     };
-    let allowed = match caller.role {
-        Role::Patient => booking.patient_id.as_str() == caller.id,
-        Role::Provider => booking.provider_id.as_str() == caller.id,
-        Role::Admin | Role::Auditor => true,
-    };
-    if !allowed {
+    if !caller.may_see(booking.patient_id.as_str(), booking.provider_id.as_str()) {
         return Err(ApiError::Forbidden("this consultation is not yours"));
     }
     let provider = state

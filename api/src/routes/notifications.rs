@@ -54,12 +54,7 @@ pub async fn list(
     let Some(booking) = loaded.aggregate.booking.as_ref() else {
         return Err(ApiError::NotFound("no such consultation"));
     };
-    let allowed = match caller.role {
-        Role::Patient => booking.patient_id.as_str() == caller.id,
-        Role::Provider => booking.provider_id.as_str() == caller.id,
-        Role::Admin | Role::Auditor => true,
-    };
-    if !allowed {
+    if !caller.may_see(booking.patient_id.as_str(), booking.provider_id.as_str()) {
         return Err(ApiError::Forbidden("this consultation is not yours"));
     }
     const SQL: &str = "SELECT id, recipient_role, channel, kind, recipient_masked, status, \
