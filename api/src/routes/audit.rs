@@ -89,6 +89,10 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         use axum::extract::FromRequestParts as _;
         Caller::from_request_parts(&mut parts, &state).await.ok()
     };
+    // The handler reads the caller from here instead of verifying the token again.
+    if let Some(caller) = &caller {
+        parts.extensions.insert(caller.clone());
+    }
     let response = next.run(Request::from_parts(parts, body)).await;
     let (actor_id, actor_role) = caller.map_or_else(
         || ("anonymous".to_owned(), "none".to_owned()),
