@@ -1,6 +1,21 @@
-//! `consult bench`: drives book → accept through the HTTP API of a real engine process on
-//! PostgreSQL at several client counts, and measures in the same run the ceiling of this
-//! machine and database: a bare single-row INSERT loop.
+//! `consult bench`: the engine measured through its HTTP API on PostgreSQL, each figure beside
+//! the same run's physical ceiling on this machine and database, at one or more store sizes.
+//!
+//! For each size (`--consultations 10k,1M`) the bench grows a scratch database to that many
+//! consultations (four events each, plus their sent notifications and finished timers), rebuilds
+//! the `consultations` projection over the whole store (timed against a bare `SELECT` scan),
+//! starts the engine as a child process (`consult serve`) and runs the scenarios against it:
+//!
+//! - **commands**: book → accept at each client count, against a bare single-row `INSERT` loop;
+//! - **freshness**: commit → read model visible under background load, against one
+//!   LISTEN/NOTIFY hop;
+//! - **notifications**: booking sent → provider's SMS at a Twilio stand-in, against the same
+//!   hop, and the dispatch rate of a burst of queued jobs;
+//! - **history**: an auditor's history read of a random consultation, against a bare `SELECT` of
+//!   that consultation's events;
+//!
+//! then the engine's peak resident memory. It prints a table per size and, with several sizes,
+//! how each figure changed.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +24,9 @@ use consult_api::{Claims, Role, TokenKey};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Connection;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+
+type BoxError = Box<dyn std::error::Error>;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -20,6 +37,10 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres_url: String,
+    /// Store sizes to measure at, in consultations, ascending, comma-separated (`k` and `M`
+    /// suffixes allowed), e.g. `10k,1M`. The store grows from one size to the next.
+    #[arg(long, default_value = "10k")]
+    consultations: String,
     /// Client counts to run, comma-separated.
     #[arg(long, default_value = "1,8,32")]
     clients: String,
@@ -29,13 +50,13 @@ pub struct BenchArgs {
     /// Keep the scratch database afterwards.
     #[arg(long)]
     keep: bool,
-    /// Scenarios to run, comma-separated: commands, freshness, notifications, rebuild.
-    #[arg(long, default_value = "commands,freshness,notifications,rebuild")]
+    /// Scenarios to run, comma-separated: commands, freshness, notifications, history, rebuild.
+    #[arg(
+        long,
+        default_value = "commands,freshness,notifications,history,rebuild"
+    )]
     scenarios: String,
-    /// Events in the store for the rebuild scenario (4 per consultation).
-    #[arg(long, default_value_t = 1_000_000)]
-    rebuild_events: u64,
-    /// What the engine process runs while commands are measured (ROLES).
+    /// What the engine process runs while it is measured (ROLES).
     #[arg(long, default_value = "api,workers")]
     engine_roles: String,
     /// Background command rate of the freshness and notifications scenarios, per second.
@@ -52,6 +73,7 @@ struct Scenarios {
     commands: bool,
     freshness: bool,
     notifications: bool,
+    history: bool,
     rebuild: bool,
 }
 
@@ -61,6 +83,7 @@ impl Scenarios {
             commands: false,
             freshness: false,
             notifications: false,
+            history: false,
             rebuild: false,
         };
         for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -68,16 +91,34 @@ impl Scenarios {
                 "commands" => scenarios.commands = true,
                 "freshness" => scenarios.freshness = true,
                 "notifications" => scenarios.notifications = true,
+                "history" => scenarios.history = true,
                 "rebuild" => scenarios.rebuild = true,
                 other => {
                     return Err(format!(
-                        "unknown scenario {other}: commands, freshness, notifications, rebuild"
+                        "unknown scenario {other}: commands, freshness, notifications, history, \
+                         rebuild"
                     ))
                 }
             }
         }
         Ok(scenarios)
     }
+}
+
+/// `10000`, `10k`, `1M` → a count.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, factor) = match text.chars().last() {
+        Some('k' | 'K') => (&text[..text.len() - 1], 1_000),
+        Some('m' | 'M') => (&text[..text.len() - 1], 1_000_000),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("--consultations: {text:?} is not a positive count like 10k or 1M"))
 }
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0";
@@ -106,13 +147,123 @@ impl Sample {
     }
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// One measured figure, with the ceiling measured beside it in the same run.
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    /// What bounds the figure on this machine, and its value in the same unit.
+    ceiling: Option<(&'static str, f64)>,
+    target: &'static str,
+}
+
+impl Figure {
+    fn new(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit,
+            ceiling: None,
+            target: "",
+        }
+    }
+
+    fn beside(mut self, what: &'static str, value: f64) -> Self {
+        self.ceiling = Some((what, value));
+        self
+    }
+
+    fn target(mut self, target: &'static str) -> Self {
+        self.target = target;
+        self
+    }
+}
+
+fn show(value: f64, unit: &str) -> String {
+    if value.is_nan() {
+        return "—".to_owned();
+    }
+    match unit {
+        "ms" => format!("{value:.2} ms"),
+        "MiB" => format!("{value:.1} MiB"),
+        _ => format!("{value:.0} {unit}"),
+    }
+}
+
+fn print_figures(size: u64, events: i64, figures: &[Figure]) {
+    println!();
+    println!("### {size} consultations ({events} events in the store)");
+    println!();
+    println!("| figure | engine | ceiling in the same run | engine ÷ ceiling | target |");
+    println!("| --- | ---: | --- | ---: | --- |");
+    for f in figures {
+        let (ceiling, ratio) = match f.ceiling {
+            Some((what, c)) => (
+                format!("{what}: {}", show(c, f.unit)),
+                format!("{:.2}", f.value / c),
+            ),
+            None => ("—".to_owned(), "—".to_owned()),
+        };
+        println!(
+            "| {} | {} | {ceiling} | {ratio} | {} |",
+            f.name,
+            show(f.value, f.unit),
+            f.target
+        );
+    }
+}
+
+fn print_comparison(runs: &[(u64, Vec<Figure>)]) {
+    let Some(((first_size, first), rest)) = runs.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        return;
+    }
+    println!();
+    println!("### How the figures change with the store's size");
+    println!();
+    let mut header = format!("| figure | {first_size} consultations |");
+    let mut rule = "| --- | ---: |".to_owned();
+    for (size, _) in rest {
+        header.push_str(&format!(" {size} consultations | change |"));
+        rule.push_str(" ---: | ---: |");
+    }
+    println!("{header}");
+    println!("{rule}");
+    for f in first {
+        let mut line = format!("| {} | {} |", f.name, show(f.value, f.unit));
+        for (_, figures) in rest {
+            match figures.iter().find(|g| g.name == f.name) {
+                Some(g) => line.push_str(&format!(
+                    " {} | {:+.0}% |",
+                    show(g.value, g.unit),
+                    (g.value / f.value - 1.0) * 100.0
+                )),
+                None => line.push_str(" — | — |"),
+            }
+        }
+        println!("{line}");
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     let levels: Vec<usize> = args
         .clients
         .split(',')
         .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()
         .map_err(|_| "--clients must be numbers separated by commas")?;
+    let sizes: Vec<u64> = args
+        .consultations
+        .split(',')
+        .map(parse_size)
+        .collect::<Result<_, _>>()?;
+    if sizes.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(
+            "--consultations must be ascending: the store grows from one to the next".into(),
+        );
+    }
     let duration = Duration::from_secs(args.seconds.max(1));
     let scenarios = Scenarios::parse(&args.scenarios)?;
 
@@ -128,7 +279,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let url = format!("{base}/{name}");
     eprintln!("bench: scratch database {name}");
 
-    let result = run_on(&url, &levels, duration, scenarios, &args).await;
+    let result = run_sizes(&url, &sizes, &levels, duration, scenarios, &args).await;
 
     if !args.keep {
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -138,44 +289,141 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     result
 }
 
-async fn run_on(
+async fn run_sizes(
     url: &str,
+    sizes: &[u64],
     levels: &[usize],
     duration: Duration,
     scenarios: Scenarios,
     args: &BenchArgs,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let data_dir = std::env::temp_dir().join(format!("consult-bench-{}", std::process::id()));
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?.port()
+) -> Result<(), BoxError> {
+    use consult_store::{Store, StoreOptions};
+    let store = Store::connect(&StoreOptions::new(url)).await?;
+    store.migrate().await?;
+    let consult_store::Db::Postgres(pool) = store.db() else {
+        return Err("the bench runs on PostgreSQL".into());
     };
     // Text messages go to a Twilio stand-in in this process that answers at once and notes when
     // each request arrived.
     let twilio = crate::bench_twilio::TwilioStandIn::start().await?;
-    let mut engine = Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .env("TWILIO_ACCOUNT_SID", crate::bench_twilio::ACCOUNT_SID)
-        .env("TWILIO_AUTH_TOKEN", crate::bench_twilio::AUTH_TOKEN)
-        .env("TWILIO_FROM_SMS", "+15005550006")
-        .env("TWILIO_API_BASE", &twilio.base_url)
-        .env("NOTIFY_FLOOD_LIMIT", "1000000/1h")
-        .env("DATABASE_URL", url)
-        .env("DATA_DIR", &data_dir)
-        .env("BIND", format!("127.0.0.1:{port}"))
-        .env("ROLES", &args.engine_roles)
-        .env("AUTH_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = engine.id().ok_or("the engine exited at once")?;
-    let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
-    wait_ready(&client, &address).await?;
-    eprintln!("bench: engine pid {pid} on port {port}");
+    let mut runs = Vec::new();
+    let mut seeded = 0u64;
+    for (run, &size) in sizes.iter().enumerate() {
+        let mut figures = Vec::new();
+        seed(pool, seeded, size).await?;
+        seeded = size;
+        skip_reactors_to_head(&store, pool).await?;
+        // The projection is rebuilt over the whole store at every size: the engine then starts
+        // with a read model of `size` consultations, and the rebuild is one of the figures.
+        rebuild(&store, pool, scenarios.rebuild, &mut figures).await?;
+        let engine = Engine::start(url, &twilio, &args.engine_roles, run).await?;
+        let outcome = measure(
+            &engine, url, &twilio, levels, duration, scenarios, args, run, seeded,
+        )
+        .await;
+        let rss = engine.stop().await;
+        figures.extend(outcome?);
+        if let Some(kib) = rss {
+            figures.push(
+                Figure::new("engine peak RSS", kib as f64 / 1024.0, "MiB").target("≤ 100 MB"),
+            );
+        }
+        let events = store.event_count().await?;
+        print_figures(size, events, &figures);
+        runs.push((size, figures));
+    }
+    print_comparison(&runs);
+    store.close().await;
+    Ok(())
+}
 
+/// The engine as a child process on a free loopback port.
+struct Engine {
+    child: Child,
+    pid: u32,
+    address: String,
+    client: reqwest::Client,
+    data_dir: std::path::PathBuf,
+}
+
+impl Engine {
+    async fn start(
+        url: &str,
+        twilio: &crate::bench_twilio::TwilioStandIn,
+        roles: &str,
+        run: usize,
+    ) -> Result<Self, BoxError> {
+        let data_dir =
+            std::env::temp_dir().join(format!("consult-bench-{}-{run}", std::process::id()));
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .env("TWILIO_ACCOUNT_SID", crate::bench_twilio::ACCOUNT_SID)
+            .env("TWILIO_AUTH_TOKEN", crate::bench_twilio::AUTH_TOKEN)
+            .env("TWILIO_FROM_SMS", "+15005550006")
+            .env("TWILIO_API_BASE", &twilio.base_url)
+            .env("NOTIFY_FLOOD_LIMIT", "1000000/1h")
+            .env("DATABASE_URL", url)
+            .env("DATA_DIR", &data_dir)
+            .env("BIND", format!("127.0.0.1:{port}"))
+            .env("ROLES", roles)
+            .env("AUTH_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or("the engine exited at once")?;
+        let engine = Self {
+            child,
+            pid,
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            data_dir,
+        };
+        wait_ready(&engine.client, &engine.address).await?;
+        eprintln!("bench: engine pid {pid} on port {port}");
+        Ok(engine)
+    }
+
+    /// Stops the engine the way an operator would (SIGTERM, so it hands its leases back) and
+    /// returns its peak resident memory.
+    async fn stop(mut self) -> Option<u64> {
+        let rss = peak_rss_kib(self.pid);
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("bench: the engine did not stop within 20 s of SIGTERM; killing it");
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        rss
+    }
+}
+
+/// Everything measured against a running engine.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    engine: &Engine,
+    url: &str,
+    twilio: &crate::bench_twilio::TwilioStandIn,
+    levels: &[usize],
+    duration: Duration,
+    scenarios: Scenarios,
+    args: &BenchArgs,
+    run: usize,
+    seeded: u64,
+) -> Result<Vec<Figure>, BoxError> {
     let key = TokenKey::new(SecretString::from(SECRET));
     let token = |role, sub: &str| {
         key.mint(&Claims {
@@ -185,108 +433,210 @@ async fn run_on(
             iat: None,
         })
     };
-    let max_clients = levels.iter().copied().max().unwrap_or(1);
     let admin = token(Role::Admin, "bench-admin");
-    for c in 0..max_clients {
-        let response = client
-            .post(format!("{address}/v1/providers"))
+    let clients = levels.iter().copied().max().unwrap_or(1).max(8);
+    let mut parties = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let provider = format!("bench-{run}-prov-{c}");
+        let response = engine
+            .client
+            .post(format!("{}/v1/providers", engine.address))
             .bearer_auth(&admin)
-            .json(
-                &json!({"id": format!("bench-prov-{c}"), "name": "Bench Provider",
+            .json(&json!({"id": provider, "name": "Bench Provider",
                 "phone": "+14155550100", "email": "bench@example.org", "timezone": "UTC",
-                "fee": {"amount_minor": 4500, "currency": "EUR"}}),
-            )
+                "fee": {"amount_minor": 4500, "currency": "EUR"}}))
             .send()
             .await?;
         if !response.status().is_success() {
             return Err(format!("registering a provider failed: {}", response.status()).into());
         }
+        parties.push(Party {
+            patient: token(Role::Patient, &format!("bench-pat-{c}")),
+            provider_token: token(Role::Provider, &provider),
+            provider,
+        });
     }
-
+    // Each run books its own stretch of the calendar.
+    let offset = i64::try_from(run)? * 100_000_000;
+    let mut figures = Vec::new();
     if scenarios.commands {
-        commands(url, &client, &address, &token, levels, duration).await?;
-    }
-    if scenarios.freshness {
-        let admin = token(Role::Admin, "bench-admin");
-        freshness(
-            &client,
-            &address,
-            &token,
-            &admin,
-            args.freshness_load,
+        commands(
+            url,
+            engine,
+            &parties,
+            levels,
             duration,
+            offset,
+            &mut figures,
         )
         .await?;
+    }
+    let hop = if scenarios.freshness || scenarios.notifications {
+        let mut hop = notify_hop(url, Duration::from_secs(3)).await?;
+        let hop = (hop.percentile_ms(50.0), hop.percentile_ms(99.0));
+        println!(
+            "one LISTEN/NOTIFY hop between two connections (ceiling of every wake-up): p50 {:.2} ms, \
+             p99 {:.2} ms",
+            hop.0, hop.1
+        );
+        hop
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    if scenarios.freshness {
+        let mut probe = freshness(
+            engine,
+            &parties,
+            &admin,
+            &token(Role::Patient, "bench-probe"),
+            args.freshness_load,
+            duration,
+            offset + 50_000_000,
+        )
+        .await?;
+        figures.push(
+            Figure::new(
+                "freshness p99 (commit → read model)",
+                probe.percentile_ms(99.0),
+                "ms",
+            )
+            .beside("one NOTIFY hop p99", hop.1)
+            .target("p99 ≤ 50 ms"),
+        );
     }
     if scenarios.notifications {
-        notifications(
+        let (mut probe, rate) = notifications(
             url,
-            &client,
-            &address,
-            &token,
-            &twilio,
-            args.freshness_load,
-            args.dispatch_jobs,
+            engine,
+            &parties,
+            &admin,
+            &token(Role::Patient, "bench-notify-probe"),
+            twilio,
+            args,
             duration,
+            run,
+            offset + 80_000_000,
+        )
+        .await?;
+        figures.push(
+            Figure::new(
+                "notification p50 (booking → SMS request)",
+                probe.percentile_ms(50.0),
+                "ms",
+            )
+            .beside("one NOTIFY hop p50", hop.0),
+        );
+        figures.push(
+            Figure::new(
+                "notification p99 (booking → SMS request)",
+                probe.percentile_ms(99.0),
+                "ms",
+            )
+            .beside("one NOTIFY hop p99", hop.1)
+            .target("p99 ≤ 100 ms"),
+        );
+        figures.push(Figure::new("dispatch of queued jobs", rate, "jobs/s").target("≥ 2,000/s"));
+    }
+    if scenarios.history {
+        history(
+            url,
+            engine,
+            &token(Role::Auditor, "bench-auditor"),
+            seeded,
+            duration,
+            &mut figures,
         )
         .await?;
     }
-    println!();
-    println!(
-        "engine peak RSS: {:.1} MiB",
-        peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
-    );
-    engine.start_kill()?;
-    let _ = engine.wait().await;
-    let _ = std::fs::remove_dir_all(&data_dir);
-    if scenarios.rebuild {
-        rebuild(url, args.rebuild_events).await?;
-    }
-    Ok(())
+    Ok(figures)
+}
+
+/// One booking client: its patient token and the provider it books with.
+#[derive(Clone)]
+struct Party {
+    patient: String,
+    provider: String,
+    provider_token: String,
 }
 
 /// Command throughput and latency at each client count, beside the INSERT-loop ceilings.
 async fn commands(
     url: &str,
-    client: &reqwest::Client,
-    address: &str,
-    token: &impl Fn(Role, &str) -> String,
+    engine: &Engine,
+    parties: &[Party],
     levels: &[usize],
     duration: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
+    offset: i64,
+    figures: &mut Vec<Figure>,
+) -> Result<(), BoxError> {
     // The ceiling named by the targets: one connection inserting one row per statement.
     let single = insert_loop(url, 1, duration).await?;
+    println!();
     println!(
         "bare single-row INSERT loop, 1 connection: {:.0} rows/s",
         single.rate()
     );
     println!();
-    println!("| clients | API commands/s | p50 ms | p99 ms | errors | ratio to 1-connection INSERT loop | INSERT loop with as many connections | ratio to it |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut slot_offset = 0i64;
-    for &clients in levels {
-        let mut sample = drive(client, address, token, clients, duration, slot_offset, None).await;
-        slot_offset += 1_000_000;
-        let ceiling = insert_loop(url, clients, duration).await?;
+    println!("| clients | API commands/s | p50 ms | p99 ms | errors | ratio to 1-connection INSERT loop | INSERT loop with as many connections | ratio to it | its p50 / p99 ms |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (n, &clients) in levels.iter().enumerate() {
+        let slots = offset + i64::try_from(n)? * 1_000_000;
+        let mut sample = drive(
+            &engine.client,
+            &engine.address,
+            &parties[..clients],
+            duration,
+            slots,
+            None,
+        )
+        .await;
+        let mut ceiling = insert_loop(url, clients, duration).await?;
+        let (p50, p99) = (sample.percentile_ms(50.0), sample.percentile_ms(99.0));
+        let (c50, c99) = (ceiling.percentile_ms(50.0), ceiling.percentile_ms(99.0));
         println!(
-            "| {clients} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.0} | {:.2} |",
+            "| {clients} | {:.0} | {p50:.2} | {p99:.2} | {} | {:.2} | {:.0} | {:.2} | {c50:.2} / {c99:.2} |",
             sample.rate(),
-            sample.percentile_ms(50.0),
-            sample.percentile_ms(99.0),
             sample.errors,
             sample.rate() / single.rate(),
             ceiling.rate(),
             sample.rate() / ceiling.rate(),
         );
+        let at_most = clients == levels.iter().copied().max().unwrap_or(clients);
+        figures.push(
+            Figure::new(
+                format!("commands/s, {clients} clients"),
+                sample.rate(),
+                "/s",
+            )
+            .beside("INSERT loop, 1 connection", single.rate())
+            .target(if at_most {
+                "≥ 0.5× the INSERT loop"
+            } else {
+                ""
+            }),
+        );
+        figures.push(
+            Figure::new(format!("command p50, {clients} clients"), p50, "ms")
+                .beside("INSERT p50, as many connections", c50),
+        );
+        figures.push(
+            Figure::new(format!("command p99, {clients} clients"), p99, "ms")
+                .beside("INSERT p99, as many connections", c99)
+                .target(if at_most { "≤ 20 ms" } else { "" }),
+        );
+        if sample.errors > 0 {
+            figures.push(Figure::new(
+                format!("command errors, {clients} clients"),
+                sample.errors as f64,
+                "",
+            ));
+        }
     }
     Ok(())
 }
 
-async fn wait_ready(
-    client: &reqwest::Client,
-    address: &str,
-) -> Result<(), Box<dyn std::error::Error>> {
-    for _ in 0..100 {
+async fn wait_ready(client: &reqwest::Client, address: &str) -> Result<(), BoxError> {
+    for _ in 0..300 {
         if let Ok(response) = client.get(format!("{address}/readyz")).send().await {
             if response.status().is_success() {
                 return Ok(());
@@ -294,15 +644,11 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err("the engine did not become ready within 10 s".into())
+    Err("the engine did not become ready within 30 s".into())
 }
 
 /// `clients` connections each inserting one row per autocommit statement, for `duration`.
-async fn insert_loop(
-    url: &str,
-    clients: usize,
-    duration: Duration,
-) -> Result<Sample, Box<dyn std::error::Error>> {
+async fn insert_loop(url: &str, clients: usize, duration: Duration) -> Result<Sample, BoxError> {
     let mut setup = sqlx::PgConnection::connect(url).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
         .execute(&mut setup)
@@ -337,12 +683,35 @@ async fn insert_loop(
     })
 }
 
-/// `clients` loops of book → accept, each on its own provider and its own time slots.
+/// Round trips of one NOTIFY from one connection to a LISTEN on another: the least any wake-up
+/// from a commit to another process can take here.
+async fn notify_hop(url: &str, duration: Duration) -> Result<Sample, BoxError> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen("bench_hop").await?;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while started.elapsed() < duration {
+        let t = Instant::now();
+        sqlx::query("SELECT pg_notify('bench_hop', '')")
+            .execute(&mut conn)
+            .await?;
+        listener.recv().await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Sample {
+        ops: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+        errors: 0,
+    })
+}
+
+/// Each party loops book → accept on its own provider and its own time slots.
 async fn drive(
     client: &reqwest::Client,
     address: &str,
-    token: &impl Fn(Role, &str) -> String,
-    clients: usize,
+    parties: &[Party],
     duration: Duration,
     slot_offset: i64,
     pace: Option<Duration>,
@@ -350,11 +719,9 @@ async fn drive(
     let started = Instant::now();
     let base = chrono::Utc::now() + chrono::Duration::days(2);
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
+    for party in parties.iter().cloned() {
         let client = client.clone();
         let address = address.to_owned();
-        let patient = token(Role::Patient, &format!("bench-pat-{c}"));
-        let provider = token(Role::Provider, &format!("bench-prov-{c}"));
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0;
@@ -373,11 +740,8 @@ async fn drive(
                 let t = Instant::now();
                 let booked = client
                     .post(format!("{address}/v1/consultations"))
-                    .bearer_auth(&patient)
-                    .json(&json!({"provider_id": format!("bench-prov-{c}"),
-                        "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
-                        "duration_minutes": 30, "mode": "video", "timezone": "UTC",
-                        "contact": {"email": "patient@example.org"}}))
+                    .bearer_auth(&party.patient)
+                    .json(&booking_body(&party.provider, starts_at))
                     .send()
                     .await;
                 let id = match booked {
@@ -397,7 +761,7 @@ async fn drive(
                 let t = Instant::now();
                 match client
                     .post(format!("{address}/v1/consultations/{id}/accept"))
-                    .bearer_auth(&provider)
+                    .bearer_auth(&party.provider_token)
                     .send()
                     .await
                 {
@@ -431,12 +795,11 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Book → accept pairs over 8 clients paced to `load` commands per second for `duration`, in
+/// Book → accept pairs over 8 parties paced to `load` commands per second for `duration`, in
 /// the background; slots start `slot_offset` half-hours ahead so that scenarios do not collide.
 fn background_load(
-    client: &reqwest::Client,
-    address: &str,
-    token: &impl Fn(Role, &str) -> String,
+    engine: &Engine,
+    parties: &[Party],
     load: u32,
     duration: Duration,
     slot_offset: i64,
@@ -445,33 +808,13 @@ fn background_load(
     // Each loader sends two commands per tick.
     let per_loader = f64::from(load.max(1)) / 2.0 / LOADERS as f64;
     let pace = Duration::from_secs_f64(1.0 / per_loader);
-    let client = client.clone();
-    let address = address.to_owned();
-    let tokens: Vec<(String, String)> = (0..LOADERS)
-        .map(|c| {
-            (
-                token(Role::Patient, &format!("bench-pat-{c}")),
-                token(Role::Provider, &format!("bench-prov-{c}")),
-            )
-        })
-        .collect();
-    let mint = move |role: Role, sub: &str| -> String {
-        let c: usize = sub
-            .rsplit('-')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        match role {
-            Role::Patient => tokens[c].0.clone(),
-            _ => tokens[c].1.clone(),
-        }
-    };
+    let loaders: Vec<Party> = parties.iter().take(LOADERS).cloned().collect();
+    let (client, address) = (engine.client.clone(), engine.address.clone());
     tokio::spawn(async move {
         drive(
             &client,
             &address,
-            &mint,
-            LOADERS,
+            &loaders,
             duration,
             slot_offset,
             Some(pace),
@@ -480,19 +823,27 @@ fn background_load(
     })
 }
 
+fn booking_body(provider: &str, starts_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    json!({"provider_id": provider,
+        "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
+        "duration_minutes": 30, "mode": "video", "timezone": "UTC",
+        "contact": {"email": "patient@example.org"}})
+}
+
 /// Commit-to-visible latency of the read model under a steady background load: a probe books a
 /// consultation, then reads it (without `?after`) every millisecond until the projection shows
 /// it. The background is book → accept pairs paced to `load` commands per second.
 async fn freshness(
-    client: &reqwest::Client,
-    address: &str,
-    token: &impl Fn(Role, &str) -> String,
+    engine: &Engine,
+    parties: &[Party],
     admin: &str,
+    probe_patient: &str,
     load: u32,
     duration: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let background = background_load(client, address, token, load, duration, 50_000_000);
-    let probe_patient = token(Role::Patient, "bench-probe");
+    slot_offset: i64,
+) -> Result<Sample, BoxError> {
+    let background = background_load(engine, parties, load, duration, slot_offset);
+    let (client, address) = (&engine.client, &engine.address);
     let started = Instant::now();
     let base = chrono::Utc::now() + chrono::Duration::days(3000);
     let mut latencies = Vec::new();
@@ -500,14 +851,11 @@ async fn freshness(
     let mut n = 0i64;
     while started.elapsed() < duration {
         n += 1;
-        let starts_at = base + chrono::Duration::minutes(30 * n);
+        let starts_at = base + chrono::Duration::minutes(30 * (slot_offset + n));
         let booked = client
             .post(format!("{address}/v1/consultations"))
-            .bearer_auth(&probe_patient)
-            .json(&json!({"provider_id": "bench-prov-0",
-                "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
-                "duration_minutes": 30, "mode": "video", "timezone": "UTC",
-                "contact": {"email": "patient@example.org"}}))
+            .bearer_auth(probe_patient)
+            .json(&booking_body(&parties[0].provider, starts_at))
             .send()
             .await?;
         let committed = Instant::now();
@@ -554,7 +902,7 @@ async fn freshness(
         probe.ops,
         probe.errors,
     );
-    Ok(())
+    Ok(probe)
 }
 
 /// Commit-to-provider latency of a notification under background load, and the dispatch rate
@@ -562,20 +910,21 @@ async fn freshness(
 #[allow(clippy::too_many_arguments)]
 async fn notifications(
     url: &str,
-    client: &reqwest::Client,
-    address: &str,
-    token: &impl Fn(Role, &str) -> String,
+    engine: &Engine,
+    parties: &[Party],
+    admin: &str,
+    patient: &str,
     twilio: &crate::bench_twilio::TwilioStandIn,
-    load: u32,
-    jobs: u32,
+    args: &BenchArgs,
     duration: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let background = background_load(client, address, token, load, duration, 80_000_000);
+    run: usize,
+    slot_offset: i64,
+) -> Result<(Sample, f64), BoxError> {
+    let background = background_load(engine, parties, args.freshness_load, duration, slot_offset);
+    let (client, address) = (&engine.client, &engine.address);
     // Each probe books with a provider of its own, so the provider's SMS is told apart by its
     // number. Latency is measured from the moment the booking request is sent (before its
     // commit): an upper bound of commit → provider request.
-    let admin = token(Role::Admin, "bench-admin");
-    let patient = token(Role::Patient, "bench-notify-probe");
     let started = Instant::now();
     let base = chrono::Utc::now() + chrono::Duration::days(4000);
     let mut latencies = Vec::new();
@@ -583,11 +932,11 @@ async fn notifications(
     let mut n = 0u32;
     while started.elapsed() < duration {
         n += 1;
-        let provider = format!("bench-notify-{n}");
-        let phone = format!("+1777{n:07}");
+        let provider = format!("bench-{run}-notify-{n}");
+        let phone = format!("+1777{run:02}{n:05}");
         let registered = client
             .post(format!("{address}/v1/providers"))
-            .bearer_auth(&admin)
+            .bearer_auth(admin)
             .json(
                 &json!({"id": provider, "name": "Bench Provider", "phone": phone,
                 "email": "bench@example.org", "timezone": "UTC",
@@ -603,11 +952,8 @@ async fn notifications(
         let sent = Instant::now();
         let booked = client
             .post(format!("{address}/v1/consultations"))
-            .bearer_auth(&patient)
-            .json(&json!({"provider_id": provider,
-                "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
-                "duration_minutes": 30, "mode": "video", "timezone": "UTC",
-                "contact": {"email": "patient@example.org"}}))
+            .bearer_auth(patient)
+            .json(&booking_body(&provider, starts_at))
             .send()
             .await?;
         if !booked.status().is_success() {
@@ -649,6 +995,7 @@ async fn notifications(
     );
 
     // Dispatch rate: `jobs` notifications queued at once, each to its own number.
+    let jobs = args.dispatch_jobs;
     let template = serde_json::to_string(&consult_reactors::reactor::NotifyPayload {
         recipient: consult_reactors::messages::Recipient::Provider,
         kind: consult_reactors::messages::NotificationKind::NewRequest,
@@ -671,29 +1018,33 @@ async fn notifications(
     let mut conn = sqlx::PgConnection::connect(url).await?;
     let before = twilio.count();
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let prefix = format!("bench-job-{run}-");
     let mut tx = conn.begin().await?;
     sqlx::query(
         "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, due_at_ms, \
                            max_attempts, created_at_ms, updated_at_ms) \
-         SELECT 'bench-job-' || g, 'bench-job-' || g, 'notify', 'bench-c-' || g, \
-                replace($1, '+19990000000', '+1888' || lpad(g::text, 7, '0'))::json, \
+         SELECT $4 || g, $4 || g, 'notify', 'bench-c-' || g, \
+                replace($1, '+19990000000', '+188' || lpad($5 || g::text, 8, '0'))::json, \
                 'pending', $2, 3, $2, $2 \
            FROM generate_series(1, $3) AS g",
     )
     .bind(&template)
     .bind(now_ms)
     .bind(i64::from(jobs))
+    .bind(&prefix)
+    .bind(run.to_string())
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO notification_log (id, consultation_id, recipient_role, channel, kind, \
                  recipient_masked, status, attempts, scheduled_for_ms, updated_at_ms, recipient_key) \
-         SELECT 'bench-job-' || g, 'bench-c-' || g, 'provider', 'sms', 'new_request', \
-                '+1888*****', 'pending', 0, $1, $1, md5('bench' || g) \
+         SELECT $3 || g, 'bench-c-' || g, 'provider', 'sms', 'new_request', \
+                '+188*****', 'pending', 0, $1, $1, md5($3 || g) \
            FROM generate_series(1, $2) AS g",
     )
     .bind(now_ms)
     .bind(i64::from(jobs))
+    .bind(&prefix)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -710,71 +1061,232 @@ async fn notifications(
         .saturating_duration_since(first)
         .as_secs_f64()
         .max(1e-9);
+    let rate = f64::from(jobs.saturating_sub(1)) / span;
     println!(
         "dispatch: {jobs} queued SMS jobs sent in {span:.2} s from the first request to the last: \
-         {:.0} jobs/s ({:.2} s after they were queued)",
-        f64::from(jobs.saturating_sub(1)) / span,
+         {rate:.0} jobs/s ({:.2} s after they were queued)",
         queued.elapsed().as_secs_f64()
     );
+    Ok((probe, rate))
+}
+
+/// An auditor's history read (`GET /v1/consultations/{id}/history`) of random seeded
+/// consultations from one client, beside a bare `SELECT` of each one's events.
+async fn history(
+    url: &str,
+    engine: &Engine,
+    auditor: &str,
+    seeded: u64,
+    duration: Duration,
+    figures: &mut Vec<Figure>,
+) -> Result<(), BoxError> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT md5('bench' || floor(random() * $1)::bigint)::uuid::text \
+           FROM generate_series(1, 5000)",
+    )
+    .bind(seeded as f64)
+    .fetch_all(&mut conn)
+    .await?;
+    let started = Instant::now();
+    let mut engine_latencies = Vec::new();
+    let mut errors = 0;
+    for id in ids.iter().cycle() {
+        if started.elapsed() >= duration {
+            break;
+        }
+        let t = Instant::now();
+        let response = engine
+            .client
+            .get(format!("{}/v1/consultations/{id}/history", engine.address))
+            .bearer_auth(auditor)
+            .send()
+            .await?;
+        let ok = response.status().is_success();
+        let body = response.bytes().await?;
+        if ok && !body.is_empty() {
+            engine_latencies.push(t.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+    let mut engine_sample = Sample {
+        ops: engine_latencies.len(),
+        elapsed: started.elapsed(),
+        latencies: engine_latencies,
+        errors,
+    };
+    let started = Instant::now();
+    let mut bare = Vec::new();
+    for id in ids.iter().cycle() {
+        if started.elapsed() >= duration {
+            break;
+        }
+        let t = Instant::now();
+        let rows = sqlx::query(
+            "SELECT position, sequence, event_type, event_version, payload, metadata, \
+                    recorded_at, prev_hash, hash \
+               FROM events WHERE aggregate_type = 'consultation' AND aggregate_id = $1 \
+              ORDER BY sequence",
+        )
+        .bind(id)
+        .fetch_all(&mut conn)
+        .await?;
+        if !rows.is_empty() {
+            bare.push(t.elapsed());
+        }
+    }
+    let mut bare = Sample {
+        ops: bare.len(),
+        elapsed: started.elapsed(),
+        latencies: bare,
+        errors: 0,
+    };
+    println!();
+    println!(
+        "history reads of random consultations, 1 client: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, \
+         {} errors; bare SELECT of the same streams: p50 {:.2} ms, p99 {:.2} ms",
+        engine_sample.rate(),
+        engine_sample.percentile_ms(50.0),
+        engine_sample.percentile_ms(99.0),
+        engine_sample.errors,
+        bare.percentile_ms(50.0),
+        bare.percentile_ms(99.0),
+    );
+    figures.push(
+        Figure::new("history read p50", engine_sample.percentile_ms(50.0), "ms")
+            .beside("SELECT of the stream p50", bare.percentile_ms(50.0)),
+    );
+    figures.push(
+        Figure::new("history read p99", engine_sample.percentile_ms(99.0), "ms")
+            .beside("SELECT of the stream p99", bare.percentile_ms(99.0)),
+    );
+    if engine_sample.errors > 0 {
+        figures.push(Figure::new(
+            "history read errors",
+            engine_sample.errors as f64,
+            "",
+        ));
+    }
     Ok(())
 }
 
-/// Fills the store with `events` consultation events (4 per consultation, written in chunks as
-/// separate transactions), measures a bare SELECT scan of them, then rebuilds the consultations
-/// projection from position 0 in this process and reports events applied per second.
-async fn rebuild(url: &str, events: u64) -> Result<(), Box<dyn std::error::Error>> {
-    use consult_store::{Store, StoreOptions};
-    let consultations = events.div_ceil(4);
-    let store = Store::connect(&StoreOptions::new(url)).await?;
-    store.migrate().await?;
-    let consult_store::Db::Postgres(pool) = store.db() else {
-        return Err("the rebuild scenario runs on PostgreSQL".into());
-    };
-    let before = store.event_count().await?;
+/// Grows the store from `from` to `to` seeded consultations: each has four events (booked,
+/// accepted, paid, rescheduled), two sent notifications and three finished reminder timers, as
+/// a consultation that has run its course leaves behind.
+async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
+    if to <= from {
+        return Ok(());
+    }
     let seeding = Instant::now();
-    eprintln!(
-        "bench: writing {} events for the rebuild",
-        consultations * 4
-    );
+    eprintln!("bench: seeding consultations {from}..{to}");
     // 2,500 consultations (10,000 events) per round: a consultation's four events lie within
     // 10,000 positions of each other.
     const CHUNK: u64 = 2_500;
     let templates = stream_templates();
-    let mut from = 0;
-    while from < consultations {
-        let to = (from + CHUNK).min(consultations);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut at = from;
+    while at < to {
+        let end = (at + CHUNK).min(to);
+        let (first, last) = (i64::try_from(at)?, i64::try_from(end - 1)?);
         for (sequence, (event_type, payload)) in templates.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
                  event_version, payload, metadata) \
-                 SELECT 'consultation', md5('bench' || g)::uuid::text, $3, $4, '1.0', \
+                 SELECT 'consultation', md5('bench' || g)::uuid::text, $3, $4, $6, \
                         replace(replace($5, '00000000-0000-0000-0000-000000000000', \
                                         md5('bench' || g)::uuid::text), \
                                 'bench-provider', 'bench-provider-' || g)::jsonb, \
                         '{\"actor_id\": \"bench\", \"actor_role\": \"system\"}' \
                    FROM generate_series($1::bigint, $2::bigint) AS g",
             )
-            .bind(i64::try_from(from)?)
-            .bind(i64::try_from(to - 1)?)
+            .bind(first)
+            .bind(last)
             .bind(i64::try_from(sequence + 1)?)
             .bind(event_type)
             .bind(payload)
+            .bind(current_version(event_type))
             .execute(pool)
             .await?;
         }
-        from = to;
-        if from % 100_000 == 0 || from == consultations {
-            eprintln!("bench:   {} consultations written", from);
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO notification_log (id, consultation_id, recipient_role, channel, kind, \
+                     recipient_masked, status, attempts, scheduled_for_ms, sent_at_ms, \
+                     updated_at_ms, recipient_key) \
+             SELECT 'bench-n-' || g || '-' || r, md5('bench' || g)::uuid::text, r, 'email', \
+                    'confirmed', 'p***@example.org', 'sent', 1, $3, $3, $3, md5('bench' || g || r) \
+               FROM generate_series($1::bigint, $2::bigint) AS g, \
+                    unnest(ARRAY['patient', 'provider']) AS r",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, due_at_ms, \
+                     attempts, max_attempts, created_at_ms, updated_at_ms, finished_at_ms) \
+             SELECT 'bench-t-' || g || '-' || o, 'bench-t-' || g || '-' || o, 'reminder', \
+                    md5('bench' || g)::uuid::text, '{}', 'done', $3, 1, 3, $3, $3, $3 \
+               FROM generate_series($1::bigint, $2::bigint) AS g, \
+                    unnest(ARRAY['24h', '1h', '15m']) AS o",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        at = end;
+        if at % 100_000 == 0 || at == to {
+            eprintln!(
+                "bench:   {at} consultations seeded ({:.0} s)",
+                seeding.elapsed().as_secs_f64()
+            );
         }
     }
-    let total = store.event_count().await?;
-    eprintln!(
-        "bench: {} events written in {:.1}s ({} were there before)",
-        total - before,
-        seeding.elapsed().as_secs_f64(),
-        before
-    );
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
 
+/// The version the domain writes an event type at today.
+fn current_version(event_type: &str) -> &'static str {
+    consult_domain::upcast::current_version(event_type)
+}
+
+/// The seeded consultations are history the reactors would long have handled: their
+/// checkpoints move to the head of the log, so the engine starts caught up, as it would on a
+/// store of that size. (The `consultations` projection is rebuilt instead, so that its table
+/// holds every seeded consultation.)
+async fn skip_reactors_to_head(
+    store: &consult_store::Store,
+    pool: &sqlx::PgPool,
+) -> Result<(), BoxError> {
+    const REACTORS: [&str; 4] = ["notifications", "rooms", "refunds", "chain"];
+    for name in REACTORS {
+        store.register_subscription(name).await?;
+    }
+    sqlx::query(
+        "UPDATE subscriptions s SET transaction_id = h.transaction_id, position = h.position \
+           FROM (SELECT transaction_id, position FROM events \
+                  ORDER BY transaction_id DESC, position DESC LIMIT 1) h \
+          WHERE s.name = ANY($1)",
+    )
+    .bind(&REACTORS[..])
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Measures a bare SELECT scan of every event (the ceiling), then rebuilds the consultations
+/// projection from position 0 in this process; with `report`, both are figures.
+async fn rebuild(
+    store: &consult_store::Store,
+    pool: &sqlx::PgPool,
+    report: bool,
+    figures: &mut Vec<Figure>,
+) -> Result<(), BoxError> {
     // The ceiling: one streaming SELECT of the columns the log reader decodes.
     let scan = Instant::now();
     let mut rows = 0u64;
@@ -794,35 +1306,34 @@ async fn rebuild(url: &str, events: u64) -> Result<(), Box<dyn std::error::Error
     }
     let scan_rate = rows as f64 / scan.elapsed().as_secs_f64();
 
-    eprintln!("bench: rebuilding the consultations projection");
+    eprintln!("bench: rebuilding the consultations projection over {rows} events");
     // Checked every 100 ms so that the end is seen promptly; shown every 2 s.
     let mut shown = Instant::now();
-    let done =
-        consult::rebuild::rebuild(&store, "consultations", Duration::from_millis(100), |p| {
-            if shown.elapsed() >= Duration::from_secs(2) {
-                shown = Instant::now();
-                eprintln!(
-                    "bench:   {}/{} applied, {:.0} events/s",
-                    p.applied, p.total, p.rate
-                );
-            }
-        })
-        .await?;
-    println!();
-    println!("| rebuild of `consultations` | events | seconds | events/s |");
-    println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| bare SELECT scan (ceiling) | {rows} | {:.1} | {scan_rate:.0} |",
-        rows as f64 / scan_rate
-    );
-    println!(
-        "| projection rebuild (applied) | {} | {:.1} | {:.0} |",
-        done.applied,
-        done.elapsed.as_secs_f64(),
-        done.rate
-    );
-    println!("rebuild / scan: {:.2}", done.rate / scan_rate);
-    store.close().await;
+    let done = consult::rebuild::rebuild(store, "consultations", Duration::from_millis(100), |p| {
+        if shown.elapsed() >= Duration::from_secs(2) {
+            shown = Instant::now();
+            eprintln!(
+                "bench:   {}/{} applied, {:.0} events/s",
+                p.applied, p.total, p.rate
+            );
+        }
+    })
+    .await?;
+    if report {
+        println!();
+        println!(
+            "rebuild of `consultations`: {} events applied in {:.1} s, {:.0} events/s; bare SELECT \
+             scan of {rows} events: {scan_rate:.0} rows/s",
+            done.applied,
+            done.elapsed.as_secs_f64(),
+            done.rate
+        );
+        figures.push(
+            Figure::new("projection rebuild", done.rate, "events/s")
+                .beside("bare SELECT scan", scan_rate)
+                .target("≥ 100,000 events/s"),
+        );
+    }
     Ok(())
 }
 
@@ -894,4 +1405,19 @@ fn stream_templates() -> Vec<(&'static str, String)> {
         .into_iter()
         .map(|e| (e.name(), serde_json::to_string(&e).unwrap_or_default()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_k_and_m_suffixes() {
+        assert_eq!(parse_size("10k"), Ok(10_000));
+        assert_eq!(parse_size("1M"), Ok(1_000_000));
+        assert_eq!(parse_size(" 2500 "), Ok(2_500));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("k").is_err());
+    }
 }
