@@ -49,6 +49,11 @@ impl Handler for RefundsReactor {
         "refunds"
     }
 
+    /// A refund may start a few tens of milliseconds later; under load one batch takes many commits.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(50)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,

@@ -259,6 +259,11 @@ impl Handler for RoomsReactor {
         "rooms"
     }
 
+    /// Rooms are made minutes ahead of the start; under load one batch takes many commits.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(50)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,

@@ -273,6 +273,11 @@ impl Handler for ChainSealer {
         CHAIN_SUBSCRIPTION
     }
 
+    /// Sealing may trail commits by tens of milliseconds; under load that seals many commits in one transaction.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(20)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,

@@ -85,6 +85,13 @@ pub trait Handler: Send + Sync + 'static {
     fn replayer(&self) -> Option<Box<dyn Replay>> {
         None
     }
+
+    /// How long the subscription waits after a wake-up from idle before it reads the log, so
+    /// that under load one batch (one transaction) takes the events of many commits: the
+    /// latency it can spare for less work. Zero (the default) reads at once.
+    fn linger(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// A replay folded in memory (see [`Handler::replayer`]). Nothing it holds counts until a
@@ -928,6 +935,13 @@ impl Worker {
                     // Idle and woken: the wake may be a rebuild request, which only the
                     // subscription's row tells. Renewing the lease reads it.
                     recheck = true;
+                    let linger = self.handler.linger();
+                    if !linger.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(linger) => {}
+                            _ = self.stop.changed() => {}
+                        }
+                    }
                 }
                 continue;
             }
