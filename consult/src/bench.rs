@@ -1239,7 +1239,7 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
         .await?;
         tx.commit().await?;
         at = end;
-        if at % 100_000 == 0 || at == to {
+        if at.is_multiple_of(100_000) || at == to {
             eprintln!(
                 "bench:   {at} consultations seeded ({:.0} s)",
                 seeding.elapsed().as_secs_f64()

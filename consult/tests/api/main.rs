@@ -13,4 +13,5 @@ mod notifications;
 mod payments;
 mod privacy;
 mod reads;
+mod scaleout;
 mod subscriptions;
