@@ -127,8 +127,11 @@ pub struct Notifications {
     pub accept_deadline: Duration,
     /// `NOTIFY_MAX_ATTEMPTS`: attempts of a job before it is dead-lettered.
     pub max_attempts: i32,
-    /// `NOTIFY_RETRY_BASE`: the first retry delay (doubling, with jitter, up to an hour).
+    /// `NOTIFY_RETRY_BASE`: the first retry delay (doubling, with jitter, up to `retry_max`).
     pub retry_base: Duration,
+    /// `NOTIFY_RETRY_MAX`: the longest retry delay (1 h): after a provider outage, how long
+    /// at most until each waiting job is tried again.
+    pub retry_max: Duration,
     /// `NOTIFY_FLOOD_LIMIT`, e.g. `20/1h`: at most that many messages to one recipient.
     pub flood: consult_reactors::FloodGuard,
     /// `JOB_LEASE`: how long a claimed job stays locked to its worker; a worker that dies
@@ -152,6 +155,7 @@ impl Notifications {
             accept_deadline: defaults.accept_deadline,
             max_attempts: defaults.max_attempts,
             retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(3600),
             flood: consult_reactors::DispatcherOptions::default().flood,
             job_lease: Duration::from_secs(60),
             twilio: None,

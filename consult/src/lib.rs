@@ -140,6 +140,7 @@ impl Application {
             DispatcherOptions {
                 lease: n.job_lease,
                 base_backoff: n.retry_base,
+                max_backoff: n.retry_max,
                 flood: n.flood,
                 app_url: config.app_url.clone(),
                 ..DispatcherOptions::default()

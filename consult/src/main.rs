@@ -52,9 +52,12 @@ struct NotificationArgs {
     /// Attempts of a notification before it is dead-lettered.
     #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
     notify_max_attempts: i32,
-    /// First retry delay of a failed job (doubling with jitter, up to an hour).
+    /// First retry delay of a failed job (doubling with jitter, up to NOTIFY_RETRY_MAX).
     #[arg(long, env = "NOTIFY_RETRY_BASE", default_value = "2s")]
     notify_retry_base: String,
+    /// Longest retry delay of a failed job: after an outage, every job is tried again within this.
+    #[arg(long, env = "NOTIFY_RETRY_MAX", default_value = "1h")]
+    notify_retry_max: String,
     /// At most this many messages to one recipient within the window, e.g. 20/1h.
     #[arg(long, env = "NOTIFY_FLOOD_LIMIT", default_value = "20/1h")]
     notify_flood_limit: String,
@@ -238,6 +241,14 @@ impl NotificationArgs {
         }
         n.max_attempts = self.notify_max_attempts;
         n.retry_base = parse_duration("NOTIFY_RETRY_BASE", &self.notify_retry_base)?;
+        n.retry_max = parse_duration("NOTIFY_RETRY_MAX", &self.notify_retry_max)?;
+        if n.retry_max.is_zero() || n.retry_max < n.retry_base {
+            return Err(ConfigError::Invalid {
+                name: "NOTIFY_RETRY_MAX",
+                message: "must be at least 1s and at least NOTIFY_RETRY_BASE".into(),
+            }
+            .into());
+        }
         n.flood =
             consult_reactors::FloodGuard::parse(&self.notify_flood_limit).map_err(|message| {
                 ConfigError::Invalid {
@@ -457,6 +468,29 @@ fn jwt_secret(data_dir: &std::path::Path) -> Result<secrecy::SecretString, secre
     secret::load_or_create(std::env::var("AUTH_JWT_SECRET").ok(), data_dir)
 }
 
+/// A write beyond the file size limit (`ulimit -f`) must fail, so that the store reports it
+/// (503) and stays consistent, instead of killing the process: the default action of SIGXFSZ
+/// is to terminate. With a handler installed the write returns `EFBIG`.
+#[cfg(all(unix, not(any(target_arch = "mips", target_arch = "mips64"))))]
+fn survive_file_size_limit() {
+    // SIGXFSZ is 25 on Linux (but MIPS), macOS and the BSDs.
+    const SIGXFSZ: i32 = 25;
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::from_raw(SIGXFSZ)) {
+        Ok(mut received) => {
+            tokio::spawn(async move {
+                while received.recv().await.is_some() {
+                    tracing::warn!("a write went beyond the file size limit (SIGXFSZ)");
+                }
+            });
+        }
+        Err(err) => tracing::warn!(%err, "cannot handle SIGXFSZ"),
+    }
+}
+
+#[cfg(not(all(unix, not(any(target_arch = "mips", target_arch = "mips64")))))]
+fn survive_file_size_limit() {}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -465,6 +499,7 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    survive_file_size_limit();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

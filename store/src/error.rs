@@ -5,8 +5,12 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        // sqlx's database errors show their cause in their own text: not twice.
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = cause.source();
     }
     message
@@ -54,20 +58,41 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // PostgreSQL: 08 connection exception, 57P admin shutdown / cannot connect now,
-            // 53 insufficient resources. SQLite: 5 busy, 6 locked, 13 full, 8 read-only.
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || matches!(
-                    code.as_ref(),
-                    "5" | "6" | "13" | "8" | "517" | "261" | "1032"
-                )
-        }
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+            Some(_) => sqlite_unavailable(db.code().as_deref()),
+            None => postgres_unavailable(db.code().as_deref().unwrap_or_default()),
+        },
         _ => false,
     }
+}
+
+/// PostgreSQL's SQLSTATE classes of an outage: 08 connection exception, 57P admin shutdown,
+/// crash shutdown, cannot connect now, 53 insufficient resources (disk full, out of memory,
+/// too many connections), system and I/O errors.
+fn postgres_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("57P")
+        || sqlstate.starts_with("53")
+        || matches!(sqlstate, "58000" | "58030")
+}
+
+/// SQLite's result codes of an outage, by primary code (the low byte of the extended code
+/// sqlx reports): busy, locked, read-only (file, directory or mount), I/O error (a write
+/// refused by a full disk or the file size limit), database or disk full, cannot open.
+fn sqlite_unavailable(code: Option<&str>) -> bool {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const READONLY: i32 = 8;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|code| {
+            matches!(
+                code & 0xff,
+                BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN
+            )
+        })
 }
 
 /// Why a command did not produce events.
@@ -130,5 +155,33 @@ fn is_slot_conflict(err: &sqlx::Error) -> bool {
                 || db.message().contains("slot_conflict")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_outages_are_classified_by_primary_code() {
+        // Busy, locked, read-only directory, I/O write error, full, cannot open.
+        for code in ["5", "6", "1544", "778", "13", "14", "517"] {
+            assert!(sqlite_unavailable(Some(code)), "{code}");
+        }
+        // Constraint, unique constraint, generic error (syntax, no such table), corrupt.
+        for code in ["19", "2067", "1", "11"] {
+            assert!(!sqlite_unavailable(Some(code)), "{code}");
+        }
+        assert!(!sqlite_unavailable(None));
+    }
+
+    #[test]
+    fn postgres_outages_are_classified_by_sqlstate_class() {
+        for code in ["08006", "57P01", "57P03", "53100", "53300", "58030"] {
+            assert!(postgres_unavailable(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001", ""] {
+            assert!(!postgres_unavailable(code), "{code}");
+        }
     }
 }

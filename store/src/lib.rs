@@ -76,6 +76,29 @@ impl StoreOptions {
     }
 }
 
+/// Whether a SQLite connection coming back to the pool is out of any transaction, as it must
+/// be to be used again.
+///
+/// After a failed write (disk full, file size limit, I/O error) SQLite may roll the transaction
+/// back by itself; sqlx's `ROLLBACK` then fails and sqlx goes on counting the transaction as
+/// open, so the next `begin` on this connection opens a savepoint inside a transaction that is
+/// never committed, and its `commit` releases the savepoint only: writes acknowledged, holding
+/// the write lock, and lost. Such a connection is closed instead (which rolls back whatever it
+/// holds) and the pool opens a fresh one.
+async fn out_of_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // The rollback of a transaction dropped just now may still be queued: let it run first.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("a SQLite connection is left inside a failed transaction; closing it");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// The event store and the few tables that live beside it.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -113,6 +136,7 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(options.acquire_timeout)
+                .after_release(|conn, _| Box::pin(out_of_transaction(conn)))
                 .connect_with(connect)
                 .await?;
             Db::Sqlite(pool)

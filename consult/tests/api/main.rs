@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod delivery;
 mod export;
+mod faults;
 mod lifecycle;
 mod media;
 mod notifications;
