@@ -1172,8 +1172,9 @@ async fn history(
 }
 
 /// Grows the store from `from` to `to` seeded consultations: each has four events (booked,
-/// accepted, paid, rescheduled), two sent notifications and three finished reminder timers, as
-/// a consultation that has run its course leaves behind.
+/// accepted, paid, rescheduled), two sent notifications and three reminder timers, finished as
+/// a consultation that has run its course leaves them, except for one consultation in a hundred
+/// that is still ahead and whose timers are pending.
 async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
     if to <= from {
         return Ok(());
@@ -1228,7 +1229,11 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
             "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, due_at_ms, \
                      attempts, max_attempts, created_at_ms, updated_at_ms, finished_at_ms) \
              SELECT 'bench-t-' || g || '-' || o, 'bench-t-' || g || '-' || o, 'reminder', \
-                    md5('bench' || g)::uuid::text, '{}', 'done', $3, 1, 3, $3, $3, $3 \
+                    md5('bench' || g)::uuid::text, '{}', \
+                    CASE WHEN g % 100 = 0 THEN 'pending' ELSE 'done' END, \
+                    CASE WHEN g % 100 = 0 THEN $3 + 30 * 86400000::bigint ELSE $3 END, \
+                    CASE WHEN g % 100 = 0 THEN 0 ELSE 1 END, 3, $3, $3, \
+                    CASE WHEN g % 100 = 0 THEN NULL ELSE $3 END \
                FROM generate_series($1::bigint, $2::bigint) AS g, \
                     unnest(ARRAY['24h', '1h', '15m']) AS o",
         )
