@@ -33,6 +33,29 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+/// A path parameter (`{id}`, `{name}`). One that cannot be decoded (bad percent-encoding, not
+/// UTF-8) or holds a NUL character (which PostgreSQL text refuses) names nothing this API
+/// serves: 404 like any other unknown id, not axum's plain-text 400 or a storage error.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::PathRejection;
+        use axum::extract::Path;
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) if value.contains('\0') => Err(ApiError::NotFound("no such resource")),
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(ApiError::NotFound("no such resource"))
+            }
+            Err(other) => Err(ApiError::Internal(Box::new(other))),
+        }
+    }
+}
+
 /// Parses a JSON body. Errors name the place in the document, never the offending value,
 /// which may be private.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -172,7 +195,21 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         use axum::extract::Query;
         match Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
-            Ok(Query(pairs)) => Ok(Self(pairs)),
+            // No name or value of ours holds a NUL, and PostgreSQL text cannot hold one.
+            Ok(Query(pairs)) => match pairs
+                .iter()
+                .find(|(n, v)| n.contains('\0') || v.contains('\0'))
+            {
+                Some((name, _)) => Err(ApiError::BadQuery {
+                    param: if name.contains('\0') {
+                        "query".to_owned()
+                    } else {
+                        name.clone()
+                    },
+                    message: "must not contain NUL characters".to_owned(),
+                }),
+                None => Ok(Self(pairs)),
+            },
             Err(_) => Err(ApiError::BadQuery {
                 param: "query".to_owned(),
                 message: "the query string cannot be decoded".to_owned(),

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::extract::PathParam;
 use crate::AppState;
 
 fn instant(ms: i64) -> Option<chrono::DateTime<Utc>> {
@@ -80,7 +81,7 @@ pub async fn subscriptions(
 pub async fn rebuild(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let Some(projection) = consult_projections::by_name(&name) else {

@@ -2,19 +2,19 @@
 //! access log, which the [`access_log`] middleware writes for every read of a consultation,
 //! its history, its notifications and its FHIR export.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, TimeZone as _, Utc};
 use consult_domain::Consultation;
 use consult_store::{with_pool, StoreError};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::extract::{PathParam, QueryParams};
 use crate::{AppState, RequestId};
 
 fn instant(ms: i64) -> Option<String> {
@@ -44,7 +44,8 @@ fn action_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, S
 
 /// The consultation id as the handlers see it — percent-decoded, and in the canonical UUID
 /// form when it is one (`Uuid::parse_str` also takes upper case, no hyphens, braces, URNs) —
-/// so that a read under another spelling of the id is logged under the id itself.
+/// so that a read under another spelling of the id is logged under the id itself. Control
+/// characters become U+FFFD: PostgreSQL text cannot hold a NUL, and the log is read by people.
 fn consultation_key(raw: &str) -> String {
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -68,8 +69,16 @@ fn consultation_key(raw: &str) -> String {
         }
     }
     let decoded = String::from_utf8_lossy(&decoded);
-    Uuid::parse_str(&decoded)
-        .map_or_else(|_| decoded.chars().take(64).collect(), |id| id.to_string())
+    Uuid::parse_str(&decoded).map_or_else(
+        |_| {
+            decoded
+                .chars()
+                .take(64)
+                .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+                .collect()
+        },
+        |id| id.to_string(),
+    )
 }
 
 /// Records every read of a consultation (who, role, what, when, outcome, request id) before
@@ -124,12 +133,6 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryQuery {
-    as_of: Option<String>,
-}
-
 type EventRow = (
     i64,
     i64,
@@ -156,25 +159,19 @@ fn metadata(text: &str) -> Value {
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    PathParam(id): PathParam,
+    params: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Auditor, Role::Admin])?;
+    params.only(&["as_of"])?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::NotFound("no such consultation"))?
         .to_string();
-    let as_of: Option<DateTime<Utc>> = query
-        .as_of
-        .as_deref()
-        .map(|text| {
-            DateTime::parse_from_rfc3339(text)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| ApiError::BadQuery {
-                    param: "as_of".into(),
-                    message: "must be an RFC 3339 timestamp, e.g. 2030-01-31T14:00:00Z".into(),
-                })
-        })
-        .transpose()?;
+    let as_of: Option<DateTime<Utc>> = params.parse("as_of", |text| {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2030-01-31T14:00:00Z".to_owned())
+    })?;
     build_history(&state.store, &id, as_of)
         .await?
         .map(Json)
@@ -384,13 +381,6 @@ async fn side_effects(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccessQuery {
-    consultation_id: Option<String>,
-    actor_id: Option<String>,
-}
-
 type AccessRow = (i64, i64, String, String, String, String, i32, String);
 
 /// `GET /v1/admin/access-log?consultation_id=&actor_id=` (auditor, admin): who read what,
@@ -398,9 +388,10 @@ type AccessRow = (i64, i64, String, String, String, String, i32, String);
 pub async fn access_entries(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<AccessQuery>,
+    params: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Auditor, Role::Admin])?;
+    params.only(&["consultation_id", "actor_id"])?;
     const SQL: &str = "SELECT id, at_ms, actor_id, actor_role, action, consultation_id, \
                               outcome, request_id FROM access_log \
                         WHERE ($1 IS NULL OR consultation_id = $1) \
@@ -408,8 +399,8 @@ pub async fn access_entries(
                         ORDER BY at_ms DESC, id DESC LIMIT 500";
     let rows: Vec<AccessRow> = with_pool!(state.store.db(), pool => {
         sqlx::query_as(SQL)
-            .bind(query.consultation_id.as_deref())
-            .bind(query.actor_id.as_deref())
+            .bind(params.get("consultation_id"))
+            .bind(params.get("actor_id"))
             .fetch_all(pool)
             .await
             .map_err(StoreError::from)?
@@ -436,7 +427,7 @@ pub async fn access_entries(
 pub async fn fhir(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::NotFound("no such consultation"))?

@@ -1,4 +1,4 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use consult_domain::{
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, Role};
 use crate::command::{idempotent, metadata, Reply};
 use crate::error::ApiError;
-use crate::extract::{parse_json, CommandContext, RawBody};
+use crate::extract::{parse_json, CommandContext, PathParam, RawBody};
 use crate::AppState;
 
 /// Longest free text we accept in a reason.
@@ -258,7 +258,7 @@ pub async fn accept(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     transition(state, caller, ctx, id, &body, &[Role::Provider], |_, at| {
@@ -272,7 +272,7 @@ pub async fn decline(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     transition(
@@ -298,7 +298,7 @@ pub async fn reschedule(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let by = if caller.role == Role::Provider {
@@ -328,7 +328,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let by = match caller.role {
@@ -356,7 +356,7 @@ pub async fn complete(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     transition(state, caller, ctx, id, &body, &[Role::Provider], |_, at| {
@@ -370,7 +370,7 @@ pub async fn no_show(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let allowed = &[Role::Provider, Role::Admin];

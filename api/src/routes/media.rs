@@ -8,8 +8,7 @@
 
 use std::fmt::Write as _;
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, Role};
 use crate::command::{idempotent, metadata, Reply};
 use crate::error::ApiError;
-use crate::extract::{CommandContext, RawBody};
+use crate::extract::{CommandContext, PathParam, RawBody};
 use crate::AppState;
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -101,7 +100,7 @@ fn check_window(
 pub async fn video_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Patient, Role::Provider])?;
     let id = parse_id(&id)?.to_string();
@@ -164,7 +163,7 @@ pub async fn voice_call(
     State(state): State<AppState>,
     caller: Caller,
     ctx: CommandContext,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Patient, Role::Provider])?;
@@ -344,7 +343,7 @@ pub async fn call_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let params = verify_twilio(&state, &uri, &headers, &body)?;
     let query = query(&uri);
@@ -450,7 +449,7 @@ pub async fn room_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let params = verify_twilio(&state, &uri, &headers, &body)?;
     let query = query(&uri);
@@ -555,11 +554,14 @@ fn say_and_hang_up(message: &str) -> Response {
 pub async fn voice_twiml(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
-    Path(id): Path<String>,
+    // An undecodable id is not refused before the signature is checked: like any unknown id,
+    // it is a call that cannot be connected.
+    id: Result<PathParam, ApiError>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     verify_twilio(&state, &uri, &headers, &body)?;
+    let id = id.map(|PathParam(id)| id).unwrap_or_default();
     let query = query(&uri);
     let caller = match param(&query, "caller") {
         Some("patient") => Party::Patient,

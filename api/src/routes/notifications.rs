@@ -1,8 +1,7 @@
 //! Notifications: a consultation's notification log, the dead letters and their retry, and
 //! Twilio's message status callbacks.
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::extract::{PathParam, RawBody};
 use crate::AppState;
 
 fn instant(ms: Option<i64>) -> Value {
@@ -42,7 +42,7 @@ type LogRow = (
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no such consultation"))?;
     let id = id.to_string();
@@ -118,7 +118,7 @@ pub async fn dead_letters(
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let now = state.clock.now().timestamp_millis();
@@ -155,7 +155,7 @@ pub async fn twilio_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let params = super::media::verify_twilio(&state, &uri, &headers, &body)?;
     let field = |name: &str| {

@@ -10,8 +10,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{TimeZone as _, Utc};
@@ -23,6 +22,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::extract::{QueryParams, RawBody};
 use crate::AppState;
 
 /// A claim older than this, never finished, belongs to a process that died.
@@ -84,7 +84,7 @@ fn bad_request(field: &str, message: &str) -> ApiError {
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let Some(secret) = state.payments.secret.as_ref() else {
         return Err(ApiError::NotConfigured(
@@ -370,13 +370,6 @@ async fn process(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    outcome: Option<String>,
-    consultation_id: Option<String>,
-}
-
 type EventRow = (
     String,
     String,
@@ -393,9 +386,10 @@ type EventRow = (
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<EventsQuery>,
+    params: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin, Role::Auditor])?;
+    params.only(&["outcome", "consultation_id"])?;
     const OUTCOMES: [&str; 5] = [
         "applied",
         "flagged",
@@ -403,7 +397,7 @@ pub async fn events(
         "refused",
         "ignored",
     ];
-    if let Some(outcome) = query.outcome.as_deref() {
+    if let Some(outcome) = params.get("outcome") {
         if !OUTCOMES.contains(&outcome) {
             return Err(ApiError::BadQuery {
                 param: "outcome".into(),
@@ -418,8 +412,8 @@ pub async fn events(
                         ORDER BY received_at_ms DESC, event_id LIMIT 500";
     let rows: Vec<EventRow> = with_pool!(state.store.db(), pool => {
         sqlx::query_as(SQL)
-            .bind(query.outcome.as_deref())
-            .bind(query.consultation_id.as_deref())
+            .bind(params.get("outcome"))
+            .bind(params.get("consultation_id"))
             .fetch_all(pool)
             .await
             .map_err(StoreError::from)?

@@ -1,4 +1,4 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use consult_domain::{
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::auth::{Caller, Role};
 use crate::command::{idempotent, metadata, Reply};
 use crate::error::ApiError;
-use crate::extract::{parse_json, CommandContext, RawBody};
+use crate::extract::{parse_json, CommandContext, PathParam, RawBody};
 use crate::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -121,7 +121,7 @@ pub async fn register(
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let id = ProviderId::parse(&id).map_err(|_| ApiError::NotFound("no such provider"))?;
     let provider = state

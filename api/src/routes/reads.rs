@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::extract::QueryParams;
+use crate::extract::{PathParam, QueryParams};
 use crate::AppState;
 
 /// Longest a read waits for the projections to reach `?after`.
@@ -135,7 +135,7 @@ fn may_read(caller: &Caller, summary: &Summary) -> bool {
 pub async fn consultation(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     params.only(&["after"])?;
@@ -248,7 +248,7 @@ pub async fn list(
 pub async fn schedule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     params.only(&["from", "to", "limit", "cursor", "after"])?;

@@ -11,6 +11,10 @@ on_both_backends!(
     missing_expired_and_tampered_tokens_are_refused,
     callers_cannot_touch_consultations_that_are_not_theirs,
     unknown_consultations_and_routes_are_404,
+    bad_query_strings_of_audit_and_payment_reads_are_problems,
+    undecodable_path_parameters_are_404_problems,
+    oversized_webhook_bodies_are_413_problems,
+    nul_characters_in_paths_and_queries_are_client_errors,
 );
 
 /// Changes a valid booking into an invalid one.
@@ -256,4 +260,176 @@ async fn unknown_consultations_and_routes_are_404(backend: Backend) {
     )
     .await;
     assert_eq!(app.db.event_count().await, 0);
+}
+
+/// Found by `scripts/fuzz-api`: these reads took their query string with axum's `Query`, whose
+/// refusals of an unknown or repeated parameter were `text/plain` 400s, not problems.
+async fn bad_query_strings_of_audit_and_payment_reads_are_problems(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let id = app.book("pat-1", "prov-1", 24).await;
+    let auditor = app.token(Role::Auditor, "aud-1");
+    for (path, field) in [
+        ("/v1/admin/access-log?consultation_id=&nope=42", "nope"),
+        ("/v1/admin/payment-events?outcome=applied&nope=42", "nope"),
+        ("/v1/admin/access-log?actor_id=a&actor_id=b", "actor_id"),
+        (
+            &format!("/v1/consultations/{id}/history?as_of=x&as_of=y") as &str,
+            "as_of",
+        ),
+        (&format!("/v1/consultations/{id}/history?nope=1"), "nope"),
+    ] {
+        let response = app.get(path, &auditor).await;
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{path}: {problem}");
+    }
+    // The parameters they do take still work.
+    let response = app
+        .get(
+            &format!("/v1/admin/access-log?consultation_id={id}"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .get(
+            &format!("/v1/consultations/{id}/history?as_of=2030-01-31T14:00:00Z"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .get("/v1/admin/payment-events?outcome=refused", &auditor)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Found by `scripts/fuzz-api`: a path parameter that is not valid percent-encoded UTF-8 was
+/// refused by axum's `Path` with a `text/plain` 400; like any id that names nothing, it is a
+/// 404 problem.
+async fn undecodable_path_parameters_are_404_problems(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.token(Role::Admin, "admin-1");
+    for (method, path) in [
+        ("GET", "/v1/consultations/%FF"),
+        ("GET", "/v1/consultations/%C3%28/history"),
+        ("GET", "/v1/consultations/%FF/fhir"),
+        ("GET", "/v1/consultations/%FF/notifications"),
+        ("GET", "/v1/providers/%FF"),
+        ("GET", "/v1/providers/%FF/schedule"),
+        ("POST", "/v1/consultations/%FF/cancel"),
+        ("POST", "/v1/admin/projections/%FF/rebuild"),
+        ("POST", "/v1/admin/dead-letters/%FF/retry"),
+    ] {
+        let request = match method {
+            "GET" => app.client.get(format!("{}{path}", app.address)),
+            _ => app
+                .client
+                .post(format!("{}{path}", app.address))
+                .json(&json!({"reason": "x"})),
+        };
+        let response = request.bearer_auth(&admin).send().await.expect("sent");
+        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    assert_eq!(app.db.event_count().await, 0);
+}
+
+/// Found by `scripts/fuzz-api`: the webhooks read their body with axum's `Bytes`, whose refusal
+/// of a body over the limit was a `text/plain` 413, not a problem.
+async fn oversized_webhook_bodies_are_413_problems(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let big = "a".repeat(70 * 1024);
+    for (path, content_type) in [
+        ("/v1/webhooks/payments", "application/json"),
+        (
+            "/v1/webhooks/twilio/messages",
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "/v1/webhooks/twilio/calls",
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "/v1/webhooks/twilio/rooms",
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "/v1/webhooks/twilio/voice/x?caller=patient",
+            "application/x-www-form-urlencoded",
+        ),
+    ] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .header("content-type", content_type)
+            .body(big.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    }
+    assert_eq!(app.db.event_count().await, 0);
+}
+
+/// Found by `scripts/fuzz-api` on PostgreSQL, whose text cannot hold a NUL: a `%00` in a query
+/// filter or a path id reached the database and came back as a 500, and in a consultation
+/// read's path it made the access log's insert fail, so the read was refused with a 503.
+async fn nul_characters_in_paths_and_queries_are_client_errors(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.token(Role::Admin, "admin-1");
+    for (method, path) in [
+        ("GET", "/v1/consultations/%00"),
+        ("GET", "/v1/consultations/%00/history"),
+        ("GET", "/v1/consultations/%00/fhir"),
+        ("GET", "/v1/consultations/a%00b/notifications"),
+        ("POST", "/v1/admin/dead-letters/%00/retry"),
+        ("GET", "/v1/providers/%00"),
+    ] {
+        let request = match method {
+            "GET" => app.client.get(format!("{}{path}", app.address)),
+            _ => app.client.post(format!("{}{path}", app.address)),
+        };
+        let response = request.bearer_auth(&admin).send().await.expect("sent");
+        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    for (path, field) in [
+        ("/v1/admin/access-log?actor_id=%00", "actor_id"),
+        (
+            "/v1/admin/access-log?consultation_id=x%00",
+            "consultation_id",
+        ),
+        (
+            "/v1/admin/payment-events?consultation_id=%00",
+            "consultation_id",
+        ),
+        ("/v1/consultations?provider_id=%00", "provider_id"),
+        ("/v1/consultations?patient_id=%00", "patient_id"),
+        ("/v1/consultations?a%00=1", "query"),
+    ] {
+        let response = app.get(path, &admin).await;
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{path}: {problem}");
+    }
+    // The reads of unknown consultations were logged, the NUL replaced.
+    let logged = app
+        .get("/v1/admin/access-log", &admin)
+        .await
+        .json::<Value>()
+        .await
+        .expect("json");
+    let items = logged["items"].as_array().expect("items");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["consultation_id"] == "\u{FFFD}" && i["outcome"] == 404),
+        "{logged}"
+    );
 }
