@@ -136,6 +136,138 @@ pub async fn exists(tx: &mut Tx<'_>, key: &str) -> Result<bool, sqlx::Error> {
     Ok(count > 0)
 }
 
+/// Which of `keys` were ever queued (PostgreSQL: one query).
+pub async fn existing_keys(
+    tx: &mut Tx<'_>,
+    keys: &[String],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let found: Vec<String> = match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query_scalar("SELECT key FROM jobs WHERE key = ANY($1)")
+                .bind(keys)
+                .fetch_all(&mut **conn)
+                .await?
+        }
+        Tx::Sqlite(_) => {
+            let mut found = Vec::new();
+            for key in keys {
+                if exists(tx, key).await? {
+                    found.push(key.clone());
+                }
+            }
+            found
+        }
+    };
+    Ok(found.into_iter().collect())
+}
+
+/// [`cancel_timers`] for several (consultation, kind) pairs in one statement (PostgreSQL).
+pub async fn cancel_timers_of(
+    tx: &mut Tx<'_>,
+    pairs: &[(&str, JobKind)],
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let Tx::Postgres(conn) = tx else {
+        let mut done = 0;
+        for (id, kind) in pairs {
+            done += cancel_timers(tx, id, *kind, now_ms).await?;
+        }
+        return Ok(done);
+    };
+    let ids: Vec<&str> = pairs.iter().map(|(id, _)| *id).collect();
+    let kinds: Vec<&str> = pairs.iter().map(|(_, kind)| kind.as_str()).collect();
+    const SQL: &str = "UPDATE jobs SET status = 'cancelled', updated_at_ms = $3, \
+                              finished_at_ms = $3 \
+                         FROM (SELECT DISTINCT id, kind FROM unnest($1::text[], $2::text[]) \
+                                 AS c(id, kind)) AS c \
+                        WHERE jobs.consultation_id = c.id AND jobs.kind = c.kind \
+                          AND jobs.status = 'pending'";
+    Ok(sqlx::query(SQL)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(now_ms)
+        .execute(&mut **conn)
+        .await?
+        .rows_affected())
+}
+
+/// Inserts several jobs, each `pending` or, when its flag is set, already `cancelled`, unless
+/// one with its key exists (PostgreSQL: one statement). Returns the ids inserted.
+pub async fn insert_many(
+    tx: &mut Tx<'_>,
+    jobs: &[(&NewJob, bool)],
+    now_ms: i64,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut inserted = std::collections::HashSet::new();
+    if jobs.is_empty() {
+        return Ok(inserted);
+    }
+    let Tx::Postgres(conn) = tx else {
+        for (job, cancelled) in jobs {
+            if insert(tx, job, now_ms).await? {
+                inserted.insert(job.id.clone());
+                if *cancelled {
+                    const SQL: &str = "UPDATE jobs SET status = 'cancelled', updated_at_ms = $2, \
+                                       finished_at_ms = $2 WHERE id = $1";
+                    with_tx!(tx, conn => {
+                        sqlx::query(SQL).bind(&job.id).bind(now_ms).execute(conn).await.map(|_| ())?
+                    });
+                }
+            }
+        }
+        return Ok(inserted);
+    };
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut keys = Vec::with_capacity(jobs.len());
+    let mut kinds = Vec::with_capacity(jobs.len());
+    let mut consultations = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut statuses = Vec::with_capacity(jobs.len());
+    let mut due = Vec::with_capacity(jobs.len());
+    let mut attempts = Vec::with_capacity(jobs.len());
+    for (job, cancelled) in jobs {
+        ids.push(job.id.as_str());
+        keys.push(job.key.as_str());
+        kinds.push(job.kind.as_str());
+        consultations.push(job.consultation_id.as_str());
+        payloads.push(job.payload.to_string());
+        statuses.push(if *cancelled { "cancelled" } else { "pending" });
+        due.push(job.due_at_ms);
+        attempts.push(job.max_attempts);
+    }
+    const SQL: &str = "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, \
+                              due_at_ms, max_attempts, created_at_ms, updated_at_ms, \
+                              finished_at_ms) \
+                       SELECT id, key, kind, consultation_id, payload::json, status, due, \
+                              attempts, $9, $9, \
+                              CASE WHEN status = 'cancelled' THEN $9 END \
+                         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                                     $5::text[], $6::text[], $7::bigint[], $8::int[]) \
+                              AS t(id, key, kind, consultation_id, payload, status, due, attempts) \
+                       ON CONFLICT (key) DO NOTHING \
+                       RETURNING id";
+    let rows: Vec<String> = sqlx::query_scalar(SQL)
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&kinds)
+        .bind(&consultations)
+        .bind(&payloads)
+        .bind(&statuses)
+        .bind(&due)
+        .bind(&attempts)
+        .bind(now_ms)
+        .fetch_all(&mut **conn)
+        .await?;
+    inserted.extend(rows);
+    Ok(inserted)
+}
+
 /// Cancels the pending timers of a consultation (reminders, deadlines or both).
 pub async fn cancel_timers(
     tx: &mut Tx<'_>,

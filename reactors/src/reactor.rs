@@ -190,6 +190,15 @@ enum Step {
     Cancel(String, JobKind),
 }
 
+impl Step {
+    fn queued_key(&self) -> Option<&str> {
+        match self {
+            Self::Queue(job) => Some(job.key.as_str()),
+            Self::Cancel(..) => None,
+        }
+    }
+}
+
 impl Plan {
     /// Starts the steps of the next event.
     fn begin(&mut self) {
@@ -231,18 +240,45 @@ impl Handler for NotificationsReactor {
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let now = Utc::now();
-            let mut states: HashMap<String, Consultation> = HashMap::new();
-            let mut providers: HashMap<String, Option<ProviderProfile>> = HashMap::new();
-            let mut plan = Plan::default();
-            for event in events.iter().filter(|e| e.aggregate_type == "consultation") {
-                if !states.contains_key(&event.aggregate_id) {
-                    let before = state_before(tx, &event.aggregate_id, event.sequence).await?;
-                    states.insert(event.aggregate_id.clone(), before);
+            let events: Vec<&RecordedEvent> = events
+                .iter()
+                .filter(|e| e.aggregate_type == "consultation")
+                .collect();
+            let mut parsed = Vec::with_capacity(events.len());
+            for event in &events {
+                parsed.push(serde_json::from_str::<ConsultationEvent>(
+                    &event.current_payload(),
+                )?);
+            }
+            // Each stream's state before its first event in the batch, and the profiles of the
+            // providers involved, each read once for the whole batch.
+            let mut firsts: Vec<(&str, i64)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for event in &events {
+                if seen.insert(event.aggregate_id.as_str()) {
+                    firsts.push((event.aggregate_id.as_str(), event.sequence));
                 }
+            }
+            let mut states = states_before(tx, &firsts).await?;
+            let mut provider_ids: Vec<String> = states
+                .values()
+                .filter_map(|c| c.booking.as_ref())
+                .map(|b| b.provider_id.as_str().to_owned())
+                .collect();
+            provider_ids.extend(parsed.iter().filter_map(|e| match e {
+                ConsultationEvent::Booked { booking, .. } => {
+                    Some(booking.provider_id.as_str().to_owned())
+                }
+                _ => None,
+            }));
+            provider_ids.sort_unstable();
+            provider_ids.dedup();
+            let mut providers = provider_profiles(tx, &provider_ids).await?;
+            let mut plan = Plan::default();
+            for (event, parsed) in events.iter().zip(parsed) {
                 let Some(state) = states.get_mut(&event.aggregate_id) else {
                     continue;
                 };
-                let parsed: ConsultationEvent = serde_json::from_str(&event.current_payload())?;
                 let before = state.clone();
                 state.evolve(parsed.clone());
                 let after = state.clone();
@@ -265,38 +301,7 @@ impl Handler for NotificationsReactor {
                 plan.begin();
                 react(&context, &before, &after, &parsed, provider, &mut plan);
             }
-            let now_ms = millis(now);
-            let mut queued = 0;
-            for group in &plan.groups {
-                // An event handled before (a replay of the log) changes nothing: its jobs exist
-                // already, and cancelling now would drop timers that later events queued and
-                // that its inserts, all refused as duplicates, would not put back.
-                let first = group.iter().find_map(|step| match step {
-                    Step::Queue(job) => Some(job.key.as_str()),
-                    Step::Cancel(..) => None,
-                });
-                let cancels = group.iter().any(|step| matches!(step, Step::Cancel(..)));
-                if let (true, Some(first)) = (cancels, first) {
-                    if jobs::exists(tx, first).await? {
-                        continue;
-                    }
-                }
-                for step in group {
-                    match step {
-                        Step::Cancel(id, kind) => {
-                            jobs::cancel_timers(tx, id, *kind, now_ms).await?;
-                        }
-                        Step::Queue(job) => {
-                            if jobs::insert(tx, job, now_ms).await? {
-                                queued += 1;
-                                if job.kind == JobKind::Notify {
-                                    insert_log(tx, job, now_ms).await?;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let queued = apply_plan(tx, &plan, millis(now)).await?;
             if queued > 0 {
                 self.wake.send_modify(|n| *n = n.wrapping_add(1));
             }
@@ -309,6 +314,164 @@ impl Handler for NotificationsReactor {
     fn reset<'a>(&'a self, _tx: &'a mut Tx<'_>) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Applies a batch's plan: each event's group of steps in order, as if one by one, in a few
+/// statements. Returns how many jobs were queued.
+///
+/// A group that cancels timers and whose first job was queued before (a replay of the log) is
+/// skipped whole: its jobs exist already, and cancelling now would drop timers that later
+/// events queued. Jobs queued and then cancelled within the batch are written cancelled; the
+/// cancels of the batch are applied to the rows that existed before it, then the new rows are
+/// inserted (a key that exists already is left as it is).
+async fn apply_plan(tx: &mut Tx<'_>, plan: &Plan, now_ms: i64) -> Result<usize, HandlerError> {
+    if matches!(tx, Tx::Sqlite(_)) {
+        return apply_plan_one_by_one(tx, plan, now_ms).await;
+    }
+    let guards: Vec<String> = plan
+        .groups
+        .iter()
+        .filter(|group| group.iter().any(|step| matches!(step, Step::Cancel(..))))
+        .filter_map(|group| group.iter().find_map(Step::queued_key))
+        .map(str::to_owned)
+        .collect();
+    let existing = jobs::existing_keys(tx, &guards).await?;
+    let mut queued_keys = std::collections::HashSet::new();
+    let mut planned: Vec<(&NewJob, bool)> = Vec::new();
+    let mut cancels: Vec<(&str, JobKind)> = Vec::new();
+    for group in &plan.groups {
+        let cancels_timers = group.iter().any(|step| matches!(step, Step::Cancel(..)));
+        if let (true, Some(first)) = (cancels_timers, group.iter().find_map(Step::queued_key)) {
+            if existing.contains(first) || queued_keys.contains(first) {
+                continue;
+            }
+        }
+        for step in group {
+            match step {
+                Step::Cancel(id, kind) => {
+                    cancels.push((id.as_str(), *kind));
+                    for (job, cancelled) in &mut planned {
+                        if job.consultation_id == *id && job.kind == *kind {
+                            *cancelled = true;
+                        }
+                    }
+                }
+                Step::Queue(job) => {
+                    if queued_keys.insert(job.key.as_str()) {
+                        planned.push((job, false));
+                    }
+                }
+            }
+        }
+    }
+    jobs::cancel_timers_of(tx, &cancels, now_ms).await?;
+    let inserted = jobs::insert_many(tx, &planned, now_ms).await?;
+    let logs: Vec<&NewJob> = planned
+        .iter()
+        .map(|(job, _)| *job)
+        .filter(|job| job.kind == JobKind::Notify && inserted.contains(&job.id))
+        .collect();
+    insert_logs(tx, &logs, now_ms).await?;
+    Ok(inserted.len())
+}
+
+/// [`apply_plan`] statement by statement (SQLite, one writer at a time).
+async fn apply_plan_one_by_one(
+    tx: &mut Tx<'_>,
+    plan: &Plan,
+    now_ms: i64,
+) -> Result<usize, HandlerError> {
+    let mut queued = 0;
+    for group in &plan.groups {
+        let first = group.iter().find_map(Step::queued_key);
+        let cancels = group.iter().any(|step| matches!(step, Step::Cancel(..)));
+        if let (true, Some(first)) = (cancels, first) {
+            if jobs::exists(tx, first).await? {
+                continue;
+            }
+        }
+        for step in group {
+            match step {
+                Step::Cancel(id, kind) => {
+                    jobs::cancel_timers(tx, id, *kind, now_ms).await?;
+                }
+                Step::Queue(job) => {
+                    if jobs::insert(tx, job, now_ms).await? {
+                        queued += 1;
+                        if job.kind == JobKind::Notify {
+                            insert_log(tx, job, now_ms).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// The states of several consultations, each before the given sequence: one query on
+/// PostgreSQL, one per stream on SQLite.
+async fn states_before(
+    tx: &mut Tx<'_>,
+    firsts: &[(&str, i64)],
+) -> Result<HashMap<String, Consultation>, HandlerError> {
+    let mut states: HashMap<String, Consultation> = HashMap::with_capacity(firsts.len());
+    let Tx::Postgres(conn) = tx else {
+        for (id, sequence) in firsts {
+            let state = state_before(tx, id, *sequence).await?;
+            states.insert((*id).to_owned(), state);
+        }
+        return Ok(states);
+    };
+    const SQL: &str = "SELECT e.aggregate_id, e.event_type, e.event_version, e.payload::text \
+                         FROM unnest($1::text[], $2::bigint[]) AS t(id, seq) \
+                         JOIN events e ON e.aggregate_type = 'consultation' \
+                          AND e.aggregate_id = t.id AND e.sequence < t.seq \
+                        ORDER BY e.aggregate_id, e.sequence";
+    let ids: Vec<&str> = firsts.iter().map(|(id, _)| *id).collect();
+    let sequences: Vec<i64> = firsts.iter().map(|(_, sequence)| *sequence).collect();
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(SQL)
+        .bind(&ids)
+        .bind(&sequences)
+        .fetch_all(&mut **conn)
+        .await?;
+    for id in ids {
+        states.insert(id.to_owned(), Consultation::default());
+    }
+    for (id, event_type, version, payload) in rows {
+        let payload = consult_domain::upcast::upcast_text(&event_type, &version, payload);
+        if let Some(state) = states.get_mut(&id) {
+            state.evolve(serde_json::from_str(&payload)?);
+        }
+    }
+    Ok(states)
+}
+
+/// Several providers' profiles in one query (PostgreSQL) or one per provider (SQLite).
+async fn provider_profiles(
+    tx: &mut Tx<'_>,
+    ids: &[String],
+) -> Result<HashMap<String, Option<ProviderProfile>>, HandlerError> {
+    let mut profiles = HashMap::with_capacity(ids.len());
+    let Tx::Postgres(conn) = tx else {
+        for id in ids {
+            let profile = provider_profile(tx, id).await?;
+            profiles.insert(id.clone(), profile);
+        }
+        return Ok(profiles);
+    };
+    const SQL: &str = "SELECT aggregate_id, payload::text FROM events \
+                        WHERE aggregate_type = 'provider' AND aggregate_id = ANY($1) \
+                        ORDER BY aggregate_id, sequence";
+    let rows: Vec<(String, String)> = sqlx::query_as(SQL).bind(ids).fetch_all(&mut **conn).await?;
+    for id in ids {
+        profiles.insert(id.clone(), None);
+    }
+    for (id, payload) in rows {
+        let ProviderEvent::Registered { profile, .. } = serde_json::from_str(&payload)?;
+        profiles.insert(id, Some(profile));
+    }
+    Ok(profiles)
 }
 
 /// The consultation as it stood before `sequence`.
@@ -392,6 +555,56 @@ pub(crate) async fn insert_log(
             .await
             .map(|_| ())?
     });
+    Ok(())
+}
+
+/// The notification log rows of several queued notify jobs, in one statement (PostgreSQL).
+async fn insert_logs(tx: &mut Tx<'_>, jobs: &[&NewJob], now_ms: i64) -> Result<(), HandlerError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let Tx::Postgres(conn) = tx else {
+        for job in jobs {
+            insert_log(tx, job, now_ms).await?;
+        }
+        return Ok(());
+    };
+    let mut columns: [Vec<String>; 7] = Default::default();
+    let mut scheduled = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
+        let [id, consultation, role, channel, kind, masked, key] = &mut columns;
+        id.push(job.id.clone());
+        consultation.push(job.consultation_id.clone());
+        role.push(payload.recipient.as_str().to_owned());
+        channel.push(payload.channel.as_str().to_owned());
+        kind.push(payload.kind.as_str().to_owned());
+        masked.push(mask(&payload.to));
+        key.push(recipient_key(&payload.to));
+        scheduled.push(job.due_at_ms);
+    }
+    const SQL: &str = "INSERT INTO notification_log (id, consultation_id, recipient_role, \
+                       channel, kind, recipient_masked, status, attempts, scheduled_for_ms, \
+                       updated_at_ms, recipient_key) \
+                       SELECT id, consultation_id, role, channel, kind, masked, 'pending', 0, \
+                              scheduled, $9, key \
+                         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                     $6::text[], $7::text[], $8::bigint[]) \
+                              AS t(id, consultation_id, role, channel, kind, masked, key, scheduled) \
+                       ON CONFLICT (id) DO NOTHING";
+    let [id, consultation, role, channel, kind, masked, key] = &columns;
+    sqlx::query(SQL)
+        .bind(id)
+        .bind(consultation)
+        .bind(role)
+        .bind(channel)
+        .bind(kind)
+        .bind(masked)
+        .bind(key)
+        .bind(&scheduled)
+        .bind(now_ms)
+        .execute(&mut **conn)
+        .await?;
     Ok(())
 }
 

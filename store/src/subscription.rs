@@ -175,6 +175,9 @@ pub struct SubscriptionStatus {
     pub lag_ms: i64,
 }
 
+/// How often at most a wake-up makes an idle subscription read its row again.
+const RECHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// The size of a subscription's first batch, and of batches while it keeps up.
 pub const FIRST_BATCH: u32 = 500;
 
@@ -802,7 +805,14 @@ impl Worker {
             let due = held
                 .as_ref()
                 .is_none_or(|h| h.renewed.elapsed() >= renew_every);
-            if recheck || due {
+            // A wake-up asks for a look at the row (it may be a rebuild request), but at most
+            // every RECHECK_EVERY: under load wake-ups come every few milliseconds, and each
+            // look renews the lease with a write. A batch's own commit sees a reset request too.
+            let recheck_now = recheck
+                && held
+                    .as_ref()
+                    .is_none_or(|h| h.renewed.elapsed() >= RECHECK_EVERY);
+            if recheck_now || due {
                 recheck = false;
                 match self.take_lease().await {
                     Ok(Some(row)) if row.reset_pending => {
