@@ -443,7 +443,8 @@ async fn measure(
             .post(format!("{}/v1/providers", engine.address))
             .bearer_auth(&admin)
             .json(&json!({"id": provider, "name": "Bench Provider",
-                "phone": "+14155550100", "email": "bench@example.org", "timezone": "UTC",
+                "phone": format!("+1415{run:02}{c:05}"),
+                "email": format!("{provider}@example.org"), "timezone": "UTC",
                 "fee": {"amount_minor": 4500, "currency": "EUR"}}))
             .send()
             .await?;
@@ -823,11 +824,13 @@ fn background_load(
     })
 }
 
+/// A booking with a contact address of its own: a clinic's patients each have theirs, and the
+/// flood guard counts messages per recipient.
 fn booking_body(provider: &str, starts_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
     json!({"provider_id": provider,
         "starts_at": starts_at.format("%Y-%m-%dT%H:%M:00Z").to_string(),
         "duration_minutes": 30, "mode": "video", "timezone": "UTC",
-        "contact": {"email": "patient@example.org"}})
+        "contact": {"email": format!("p-{}@example.org", uuid::Uuid::new_v4().simple())}})
 }
 
 /// Commit-to-visible latency of the read model under a steady background load: a probe books a
@@ -939,7 +942,7 @@ async fn notifications(
             .bearer_auth(admin)
             .json(
                 &json!({"id": provider, "name": "Bench Provider", "phone": phone,
-                "email": "bench@example.org", "timezone": "UTC",
+                "email": format!("{provider}@example.org"), "timezone": "UTC",
                 "fee": {"amount_minor": 4500, "currency": "EUR"}}),
             )
             .send()

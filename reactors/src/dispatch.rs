@@ -337,13 +337,17 @@ impl Dispatcher {
                 now_ms() - i64::try_from(self.options.flood.window.as_millis()).unwrap_or(0);
             let rows: Vec<(String, i64)> = match self.store.db() {
                 Db::Postgres(pool) => {
+                    // Counted up to the limit only: what matters is whether it is reached,
+                    // and a recipient with many messages in the window costs no more.
                     sqlx::query_as(
-                        "SELECT recipient_key, count(*) FROM notification_log \
-                          WHERE recipient_key = ANY($1) AND sent_at_ms >= $2 \
-                          GROUP BY recipient_key",
+                        "SELECT k, (SELECT count(*) FROM (SELECT 1 FROM notification_log \
+                                     WHERE recipient_key = k AND sent_at_ms >= $2 \
+                                     LIMIT $3) AS recent) \
+                           FROM unnest($1::text[]) AS k",
                     )
                     .bind(&wanted)
                     .bind(since)
+                    .bind(i64::from(self.options.flood.limit))
                     .fetch_all(pool)
                     .await?
                 }
@@ -351,11 +355,12 @@ impl Dispatcher {
                     let mut rows = Vec::new();
                     for key in &wanted {
                         let count: i64 = sqlx::query_scalar(
-                            "SELECT count(*) FROM notification_log \
-                              WHERE recipient_key = $1 AND sent_at_ms >= $2",
+                            "SELECT count(*) FROM (SELECT 1 FROM notification_log \
+                              WHERE recipient_key = $1 AND sent_at_ms >= $2 LIMIT $3)",
                         )
                         .bind(key)
                         .bind(since)
+                        .bind(i64::from(self.options.flood.limit))
                         .fetch_one(pool)
                         .await?;
                         rows.push((key.clone(), count));
