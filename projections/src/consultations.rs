@@ -68,6 +68,11 @@ impl Handler for ConsultationsProjection {
         "consultations"
     }
 
+    /// Reads may trail commits by a few milliseconds more (`?after` waits for them); under load one batch takes several commits.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(5)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,

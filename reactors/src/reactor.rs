@@ -233,6 +233,11 @@ impl Handler for NotificationsReactor {
         "notifications"
     }
 
+    /// A notification may leave ten milliseconds later; under load one batch takes many commits.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(10)
+    }
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx<'_>,
