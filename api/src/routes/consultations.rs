@@ -153,6 +153,27 @@ fn command_body(id: Uuid, committed: &consult_store::Committed<Consultation>) ->
     })
 }
 
+/// The id of a new consultation: random, or with an `Idempotency-Key` derived from the caller
+/// and the key, so that a retry whose first attempt committed but lost its answer (and its
+/// stored response, in an outage) finds that consultation instead of booking a second one.
+fn booking_id(caller: &Caller, idempotency_key: Option<&str>) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let Some(key) = idempotency_key else {
+        return Uuid::new_v4();
+    };
+    let digest = Sha256::new()
+        .chain_update(b"consult booking\n")
+        .chain_update(caller.role.as_str().as_bytes())
+        .chain_update(b":")
+        .chain_update(caller.id.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// `POST /v1/consultations` (patient).
 pub async fn book(
     State(state): State<AppState>,
@@ -177,7 +198,7 @@ pub async fn book(
         };
         // The fee as it is now is the price of this booking.
         booking.price = provider.fee;
-        let id = Uuid::new_v4();
+        let id = booking_id(&caller, ctx.idempotency_key.as_deref());
         booking.consultation_id = id;
         let command = ConsultationCommand::Book { booking, at: now };
         let committed = state
@@ -186,9 +207,13 @@ pub async fn book(
                 &id.to_string(),
                 &metadata(&caller, &ctx),
                 None,
-                |c| {
-                    c.decide(command.clone())
-                        .map_err(ApiError::InvalidTransition)
+                |c| match &c.booking {
+                    // The same patient's retry of a booking whose answer was lost (its key's
+                    // stored answer went with an outage): the booking stands, nothing to add.
+                    Some(existing) if existing.patient_id.as_str() == caller.id => Ok(Vec::new()),
+                    _ => c
+                        .decide(command.clone())
+                        .map_err(ApiError::InvalidTransition),
                 },
             )
             .await?;

@@ -10,6 +10,7 @@ on_both_backends!(
     a_declined_request_cannot_be_accepted,
     restarting_the_process_loses_nothing,
     the_same_idempotency_key_replays_the_first_response,
+    a_retried_booking_whose_answer_was_lost_is_not_booked_twice,
     a_stale_if_match_is_refused_with_412,
     health_and_readiness_answer,
     providers_are_registered_once_and_read_back,
@@ -270,6 +271,56 @@ async fn the_same_idempotency_key_replays_the_first_response(backend: Backend) {
     )
     .await;
     assert_eq!(app.db.event_count().await, 2);
+}
+
+/// An outage can lose a booking's answer after its commit, and with it the answer stored under
+/// its key (the key is released or taken over). The patient's retry with the same key then
+/// runs again: it must find the booking it made, not make a second one.
+async fn a_retried_booking_whose_answer_was_lost_is_not_booked_twice(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let patient = app.token(Role::Patient, "pat-1");
+    let body = booking("prov-1", 30);
+    let send = |key: &'static str, token: String| {
+        let request = app
+            .client
+            .post(format!("{}/v1/consultations", app.address))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move { request.send().await.expect("reaches the server") }
+    };
+    let first = send("book-lost-1", patient.clone()).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("json");
+    // What an outage leaves: the stored answer is gone.
+    assert_eq!(
+        app.db
+            .scalar("DELETE FROM idempotency_keys WHERE key = 'book-lost-1' RETURNING CAST(1 AS BIGINT)")
+            .await,
+        1
+    );
+    let retry = send("book-lost-1", patient.clone()).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    let retry: Value = retry.json().await.expect("json");
+    assert_eq!(
+        retry["id"], first["id"],
+        "the retry answers with the same booking"
+    );
+    assert_eq!(retry["status"], "requested");
+    assert_eq!(
+        app.db.event_count().await,
+        2,
+        "provider registration + one booking, not two"
+    );
+    // Another patient with the same key books a consultation of their own.
+    let other = send("book-lost-1", app.token(Role::Patient, "pat-2")).await;
+    assert_eq!(other.status(), StatusCode::CREATED);
+    let other: Value = other.json().await.expect("json");
+    assert_ne!(other["id"], first["id"]);
+    assert_eq!(app.db.event_count().await, 3);
 }
 
 async fn a_stale_if_match_is_refused_with_412(backend: Backend) {
