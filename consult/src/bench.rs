@@ -1241,7 +1241,7 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
             .bind(i64::try_from(sequence + 1)?)
             .bind(event_type)
             .bind(payload)
-            .bind(current_version(event_type))
+            .bind(consult_domain::upcast::current_version(event_type))
             .execute(pool)
             .await?;
         }
@@ -1288,11 +1288,6 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
     }
     sqlx::query("ANALYZE").execute(pool).await?;
     Ok(())
-}
-
-/// The version the domain writes an event type at today.
-fn current_version(event_type: &str) -> &'static str {
-    consult_domain::upcast::current_version(event_type)
 }
 
 /// The seeded consultations are history the reactors would long have handled: their

@@ -278,7 +278,7 @@ impl Handler for NotificationsReactor {
             }));
             provider_ids.sort_unstable();
             provider_ids.dedup();
-            let mut providers = provider_profiles(tx, &provider_ids).await?;
+            let providers = provider_profiles(tx, &provider_ids).await?;
             let mut plan = Plan::default();
             for (event, parsed) in events.iter().zip(parsed) {
                 let Some(state) = states.get_mut(&event.aggregate_id) else {
@@ -292,10 +292,7 @@ impl Handler for NotificationsReactor {
                     .as_ref()
                     .map(|b| b.provider_id.as_str().to_owned())
                     .unwrap_or_default();
-                if !providers.contains_key(&provider_id) {
-                    let profile = provider_profile(tx, &provider_id).await?;
-                    providers.insert(provider_id.clone(), profile);
-                }
+                // A booking's provider never changes, so every one was read above.
                 let provider = providers.get(&provider_id).and_then(Option::as_ref);
                 let context = Context {
                     config: &self.config,
@@ -329,10 +326,10 @@ impl Handler for NotificationsReactor {
 /// events queued. Jobs queued and then cancelled within the batch are written cancelled; the
 /// cancels of the batch are applied to the rows that existed before it, then the new rows are
 /// inserted (a key that exists already is left as it is).
+///
+/// On PostgreSQL each kind of statement runs once for the batch; on SQLite (one writer at a
+/// time) the same steps run row by row.
 async fn apply_plan(tx: &mut Tx<'_>, plan: &Plan, now_ms: i64) -> Result<usize, HandlerError> {
-    if matches!(tx, Tx::Sqlite(_)) {
-        return apply_plan_one_by_one(tx, plan, now_ms).await;
-    }
     let guards: Vec<String> = plan
         .groups
         .iter()
@@ -378,40 +375,6 @@ async fn apply_plan(tx: &mut Tx<'_>, plan: &Plan, now_ms: i64) -> Result<usize, 
         .collect();
     insert_logs(tx, &logs, now_ms).await?;
     Ok(inserted.len())
-}
-
-/// [`apply_plan`] statement by statement (SQLite, one writer at a time).
-async fn apply_plan_one_by_one(
-    tx: &mut Tx<'_>,
-    plan: &Plan,
-    now_ms: i64,
-) -> Result<usize, HandlerError> {
-    let mut queued = 0;
-    for group in &plan.groups {
-        let first = group.iter().find_map(Step::queued_key);
-        let cancels = group.iter().any(|step| matches!(step, Step::Cancel(..)));
-        if let (true, Some(first)) = (cancels, first) {
-            if jobs::exists(tx, first).await? {
-                continue;
-            }
-        }
-        for step in group {
-            match step {
-                Step::Cancel(id, kind) => {
-                    jobs::cancel_timers(tx, id, *kind, now_ms).await?;
-                }
-                Step::Queue(job) => {
-                    if jobs::insert(tx, job, now_ms).await? {
-                        queued += 1;
-                        if job.kind == JobKind::Notify {
-                            insert_log(tx, job, now_ms).await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(queued)
 }
 
 /// The states of several consultations, each before the given sequence: one query on
