@@ -12,16 +12,22 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consult_api::{Claims, Role, TokenKey};
+use consult_api::Role;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use crate::helpers::{booking, eventually, spawn_app_with, Backend};
+use crate::helpers::{
+    booking, eventually, free_port, mint_token, provider_body, spawn_app_with, Backend,
+};
 
 const SECRET: &str = "fault-test-secret-that-is-long-enough-0123";
 /// The user unprivileged engines run as when the tests run as root.
 const NOBODY: u32 = 65534;
+
+fn token(role: Role, sub: &str) -> String {
+    mint_token(SECRET, role, sub)
+}
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -36,13 +42,6 @@ fn skip(reason: &str) {
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// A fresh directory under the system's temporary directory, removed on drop.
@@ -62,26 +61,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn token(role: Role, sub: &str) -> String {
-    TokenKey::new(SecretString::from(SECRET)).mint(&Claims {
-        sub: sub.into(),
-        role,
-        exp: chrono::Utc::now().timestamp() + 3600,
-        iat: None,
-    })
-}
-
-fn provider_body(id: &str) -> Value {
-    json!({
-        "id": id,
-        "name": "Dr. Grace Hopper",
-        "phone": "+14155550100",
-        "email": "grace@example.org",
-        "timezone": "America/New_York",
-        "fee": {"amount_minor": 4500, "currency": "EUR"},
-    })
 }
 
 /// `consult serve` (API and workers) on `port`, with a clean environment; the caller adds the

@@ -337,12 +337,7 @@ impl TestApp {
     }
 
     pub fn token_signed_with(&self, secret: &str, role: Role, sub: &str, exp: i64) -> String {
-        TokenKey::new(SecretString::from(secret.to_owned())).mint(&Claims {
-            sub: sub.into(),
-            role,
-            exp,
-            iat: None,
-        })
+        mint_until(secret, role, sub, exp)
     }
 
     pub fn expired_token(&self, role: Role, sub: &str) -> String {
@@ -385,20 +380,7 @@ impl TestApp {
 
     pub async fn register_provider(&self, id: &str) {
         let admin = self.token(Role::Admin, "admin-1");
-        let response = self
-            .post(
-                "/v1/providers",
-                &admin,
-                &json!({
-                    "id": id,
-                    "name": "Dr. Grace Hopper",
-                    "phone": "+14155550100",
-                    "email": "grace@example.org",
-                    "timezone": "America/New_York",
-                    "fee": {"amount_minor": 4500, "currency": "EUR"},
-                }),
-            )
-            .await;
+        let response = self.post("/v1/providers", &admin, &provider_body(id)).await;
         assert_eq!(response.status(), StatusCode::CREATED, "register {id}");
     }
 
@@ -482,4 +464,44 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     check().await
+}
+
+/// A bearer token for `sub` in `role`, valid for an hour, signed with `secret` (for engines
+/// run as separate processes with their own secret).
+pub fn mint_token(secret: &str, role: Role, sub: &str) -> String {
+    mint_until(secret, role, sub, chrono::Utc::now().timestamp() + 3600)
+}
+
+fn mint_until(secret: &str, role: Role, sub: &str, exp: i64) -> String {
+    TokenKey::new(SecretString::from(secret.to_owned())).mint(&Claims {
+        sub: sub.into(),
+        role,
+        exp,
+        iat: None,
+    })
+}
+
+/// A provider registration body with a fee.
+pub fn provider_body(id: &str) -> Value {
+    json!({
+        "id": id,
+        "name": "Dr. Grace Hopper",
+        "phone": "+14155550100",
+        "email": "grace@example.org",
+        "timezone": "America/New_York",
+        "fee": {"amount_minor": 4500, "currency": "EUR"},
+    })
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The pid in a subscription lease owner's name (`pid<N>-<random>`).
+pub fn owner_pid(owner: Option<&str>) -> Option<u32> {
+    owner?.strip_prefix("pid")?.split('-').next()?.parse().ok()
 }

@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consult_api::{Claims, Role, TokenKey};
+use consult_api::Role;
 use consult_store::{Store, StoreOptions, SubscriptionStatus};
 use reqwest::StatusCode;
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Backend, DbGuard, TestDb};
+use crate::helpers::{free_port, mint_token, owner_pid, Backend, DbGuard, TestDb};
 
 // Also loaded by delivery.rs, media.rs and payments.rs: each keeps its own copy.
 #[allow(clippy::duplicate_mod)]
@@ -51,12 +50,7 @@ const BEFORE_KILL: usize = 6;
 const AROUND_KILL: usize = 8;
 
 fn token(role: Role, sub: &str) -> String {
-    TokenKey::new(SecretString::from(SECRET)).mint(&Claims {
-        sub: sub.into(),
-        role,
-        exp: chrono::Utc::now().timestamp() + 3600,
-        iat: None,
-    })
+    mint_token(SECRET, role, sub)
 }
 
 /// Consultation `n` has its own provider and patient, so each address gets exactly one
@@ -199,10 +193,7 @@ async fn start_api(
         .build()
         .expect("http client");
     for _ in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = free_port();
         let mut child = serve(db, label, "api", &format!("127.0.0.1:{port}"), twilio, smtp);
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -334,11 +325,6 @@ async fn reads_agree(apis: &[Api; 2], booked: &Booked) {
         "api1 and api2 read consultation {} alike",
         booked.id
     );
-}
-
-/// The pid in a lease owner's name (`pid<N>-<random>`).
-fn owner_pid(owner: Option<&str>) -> Option<u32> {
-    owner?.strip_prefix("pid")?.split('-').next()?.parse().ok()
 }
 
 async fn statuses(store: &Store) -> Vec<SubscriptionStatus> {

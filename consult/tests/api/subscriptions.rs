@@ -19,7 +19,7 @@ use consult_store::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, DbGuard, TestDb};
+use crate::helpers::{owner_pid, Backend, DbGuard, TestDb};
 
 /// Records each event it is handed in `deliveries`, in the checkpoint's transaction. The
 /// primary key (subscription, position) turns a second delivery of an event into an error, and
@@ -555,18 +555,6 @@ crate::on_both_backends!(
     a_failing_handler_holds_its_checkpoint_and_recovers,
 );
 
-/// The pid in a lease owner's name (`pid<N>-<random>`).
-fn owner_pid(status: &SubscriptionStatus) -> Option<u32> {
-    status
-        .owner
-        .as_deref()?
-        .strip_prefix("pid")?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Two worker processes on one database: one owns the projection; kill -9 it while commands
 /// stream in, the other takes over within seconds, and every event is applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,17 +624,18 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
     assert!(
         eventually(Duration::from_secs(15), || async {
             let s = status(&store, "consultations").await;
-            owner_pid(&s).is_some_and(|pid| pids.contains(&pid)) && s.applied > 0
+            owner_pid(s.owner.as_deref()).is_some_and(|pid| pids.contains(&pid)) && s.applied > 0
         })
         .await,
         "one of the workers owns the projection and applies events"
     );
-    let owner = owner_pid(&status(&store, "consultations").await).expect("an owner");
+    let owner =
+        owner_pid(status(&store, "consultations").await.owner.as_deref()).expect("an owner");
     // While both live, ownership does not move.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            owner_pid(&status(&store, "consultations").await),
+            owner_pid(status(&store, "consultations").await.owner.as_deref()),
             Some(owner)
         );
     }
@@ -658,7 +647,8 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
 
     assert!(
         eventually(Duration::from_secs(10), || async {
-            owner_pid(&status(&store, "consultations").await) == Some(pids[survivor])
+            owner_pid(status(&store, "consultations").await.owner.as_deref())
+                == Some(pids[survivor])
         })
         .await,
         "the survivor takes the projection over"
