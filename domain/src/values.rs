@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, SubsecRound, Utc};
+use chrono::{DateTime, Duration, Timelike as _, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why an input was refused. The message never repeats the input itself, so it is safe to
@@ -25,7 +25,12 @@ pub enum InvalidInput {
     Duration { min: u16, max: u16 },
     #[error("must be in the future")]
     StartNotInFuture,
-    #[error("must be 1 to 64 characters of letters, digits, '.', '_' or '-'")]
+    #[error("must be before 9000-01-01T00:00:00Z")]
+    StartTooLate,
+    #[error(
+        "must be 1 to 64 characters of letters, digits, '.', '_' or '-', starting with a letter \
+         or digit"
+    )]
     Identifier,
     #[error("must be 1 to {max} characters without control characters")]
     Text { max: usize },
@@ -48,17 +53,18 @@ pub struct Money {
 }
 
 impl Money {
+    /// `currency` in any case; it must be one of [`CURRENCIES`].
     pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidInput> {
         if !(1..=100_000_000).contains(&amount_minor) {
             return Err(InvalidInput::Amount);
         }
-        let currency = currency.trim();
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+        let currency = currency.trim().to_ascii_uppercase();
+        if CURRENCIES.binary_search(&currency.as_str()).is_err() {
             return Err(InvalidInput::Currency);
         }
         Ok(Self {
             amount_minor,
-            currency: currency.to_ascii_uppercase(),
+            currency,
         })
     }
 
@@ -67,6 +73,28 @@ impl Money {
         self.amount_minor == amount_minor && self.currency.eq_ignore_ascii_case(currency)
     }
 }
+
+/// The currencies a fee may be set in: the active codes of ISO 4217 List One (maintained by SIX
+/// Financial Information for ISO), as the iso-codes project's `iso_4217.json` 4.15 lists them,
+/// with the changes since: HRK withdrawn (2023), ZWG (2024) and XCG (2025) added. Left out are
+/// the List One entries that are not money a fee can be paid in: precious metals (XAG, XAU, XPD,
+/// XPT), bond-market units (XBA to XBD), the SDR (XDR), the SUCRE (XSU), the ADB unit (XUA), the
+/// testing code (XTS) and "no currency" (XXX). Sorted, for `binary_search`.
+pub const CURRENCIES: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
+    "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
+    "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS",
+    "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW",
+    "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD",
+    "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN",
+    "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR",
+    "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL",
+    "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY",
+    "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES",
+    "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+];
 
 /// A phone number in E.164 form: `+`, a country code that does not start with 0, 8 to 15 digits
 /// in all.
@@ -92,8 +120,27 @@ impl PhoneNumber {
     }
 }
 
-/// An email address: a local part and a domain with at least one dot, no spaces, at most 254
-/// characters. Deliverability is the mail server's business, not ours.
+/// An email address the mailer can send to: `local@domain`, at most 254 bytes.
+///
+/// The rules are those the SMTP channel's `lettre` applies when it parses the recipient
+/// (through the `email_address` crate), narrowed where that is simpler, so that an address
+/// accepted here is never refused when its message is sent (an address refused only then
+/// dead-letters every message to it, long after the booking said yes):
+///
+/// - the local part is a dot-atom of RFC 5322 (letters and digits of any script and
+///   ``!#$%&'*+-/=?^_`{|}~``, in non-empty atoms separated by single dots), 1 to 64 bytes;
+/// - the domain is a host name of at least two labels, each 1 to 63 bytes of letters and
+///   digits (any script) and `-`, starting and ending with a letter or digit (`lettre` would
+///   also take one label, or `_` and the other atom symbols inside a label).
+///
+/// Quoted local parts (`"a b"@x.org`) and IP literals (`a@[127.0.0.1]`) are refused: `lettre`
+/// parses them but cannot build a message to them.
+///
+/// So `a,b@x.org`, `a;b@x.org` and `Bcc:a@x.org` (which would smuggle a second recipient or a
+/// header into a looser mailer) are refused. The domain crate has no `lettre` to ask, so the
+/// two are kept in step by a test in the reactors crate that checks a list of addresses, and
+/// many generated ones, through both (`reactors/tests/email_addresses.rs`). Deliverability is
+/// the mail server's business, not ours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EmailAddress(String);
@@ -104,19 +151,12 @@ impl EmailAddress {
             return Err(InvalidInput::Email);
         };
         let valid = input.len() <= 254
-            && !local.is_empty()
-            && local.len() <= 64
-            && !local.contains('@')
-            && domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains("..")
-            && domain
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+            && (1..=64).contains(&local.len())
             && local
-                .chars()
-                .all(|c| !c.is_whitespace() && !c.is_control() && c != '<' && c != '>');
+                .split('.')
+                .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+            && domain.split('.').count() >= 2
+            && domain.split('.').all(is_host_label);
         if valid {
             Ok(Self(input.to_owned()))
         } else {
@@ -127,6 +167,21 @@ impl EmailAddress {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A character of an RFC 5322 atom: a letter or digit (any script) or one of the ASCII symbols
+/// allowed there.
+fn is_atext(c: char) -> bool {
+    c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+}
+
+/// A DNS label: 1 to 63 bytes of letters, digits (any script) and `-`, starting and ending with
+/// a letter or digit.
+fn is_host_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label.starts_with(char::is_alphanumeric)
+        && label.ends_with(char::is_alphanumeric)
+        && label.chars().all(|c| c.is_alphanumeric() || c == '-')
 }
 
 /// An IANA time zone, e.g. `America/New_York`. Stored as its name.
@@ -162,7 +217,8 @@ impl<'de> Deserialize<'de> for TimeZone {
     }
 }
 
-/// How long a consultation lasts: 5 to 240 minutes.
+/// How long a consultation lasts: 5 to 240 minutes. [`StartTime`]'s bound leaves room for the
+/// longest, so that every end is an instant both databases store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DurationMinutes(u16);
@@ -190,15 +246,37 @@ impl DurationMinutes {
     }
 }
 
-/// The start of a consultation: strictly after the moment it was given, truncated to whole
-/// seconds so that every stored instant has one textual form.
+/// The start of a consultation: strictly after the moment it was given and before
+/// [`StartTime::LATEST`], in whole seconds so that every stored instant has one textual form.
+///
+/// A leap second (`…23:59:60Z`, which chrono holds as a nanosecond count of a second or more)
+/// is read as the second after it, as PostgreSQL reads it: SQLite's date functions, which the
+/// calendar's triggers use, cannot read a 60th second, and a slot they cannot read is an
+/// accept that fails for ever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StartTime(DateTime<Utc>);
 
 impl StartTime {
+    /// The first instant (Unix seconds) no consultation may start at: 9000-01-01T00:00:00Z.
+    ///
+    /// The slot of an accepted consultation is stored by triggers that read the start and end
+    /// from the event's RFC 3339 text: SQLite's `julianday` reads years 0000 to 9999 only, and
+    /// PostgreSQL's `timestamptz` cannot read the `+10000-…` form a later year is written in.
+    /// Bounding the start well inside year 9999 leaves room for the longest duration
+    /// ([`DurationMinutes::MAX`]) and for every instant derived from a slot (a grace period
+    /// after the end, a reminder, the local time of the furthest time zone) without tying this
+    /// bound to their sizes. No real booking is anywhere near it.
+    pub const LATEST: i64 = 221_845_392_000;
+
     pub fn parse(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<Self, InvalidInput> {
-        let at = at.trunc_subsecs(0);
+        // `timestamp()` of a leap second is that of the second it extends.
+        let leap = at.nanosecond() >= 1_000_000_000;
+        let seconds = at.timestamp() + i64::from(leap);
+        if seconds >= Self::LATEST {
+            return Err(InvalidInput::StartTooLate);
+        }
+        let at = DateTime::from_timestamp(seconds, 0).ok_or(InvalidInput::StartTooLate)?;
         if at > now {
             Ok(Self(at))
         } else {
@@ -219,8 +297,12 @@ macro_rules! identifier {
         pub struct $name(String);
 
         impl $name {
+            /// 1 to 64 of `[A-Za-z0-9._-]`, the first a letter or digit: ids are path
+            /// segments and query values, and one made of dots (`.`, `..`) names no resource
+            /// once a client or proxy normalises the path.
             pub fn parse(input: &str) -> Result<Self, InvalidInput> {
                 let valid = (1..=64).contains(&input.len())
+                    && input.starts_with(|c: char| c.is_ascii_alphanumeric())
                     && input
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
@@ -344,6 +426,46 @@ mod tests {
     }
 
     #[test]
+    fn email_addresses_are_what_the_mailer_can_send_to() {
+        for good in [
+            "o'brien+tag@mail.example.org",
+            "x!#$%&*/=?^_`{|}~-y@example.org",
+            "jos\u{e9}@b\u{fc}cher.example",
+            "a@xn--bcher-kva.example",
+            "a@1.2.3.4",
+            &format!("{}@example.org", "l".repeat(64)),
+            &format!("a@{}.org", "d".repeat(63)),
+        ] {
+            assert!(EmailAddress::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "a,b@x.org",
+            "a;b@x.org",
+            "Bcc:a@x.org",
+            "a@b@x.org",
+            "\"a b\"@x.org",
+            "a..b@x.org",
+            ".a@x.org",
+            "a.@x.org",
+            "(a)b@x.org",
+            "a\\b@x.org",
+            "a[b]@x.org",
+            "Pat <pat@x.org>",
+            "a\u{0}@x.org",
+            "a@x_y.org",
+            "a@-x.org",
+            "a@x-.org",
+            "a@[127.0.0.1]",
+            "a@x.org.",
+            &format!("{}@example.org", "l".repeat(65)),
+            &format!("a@{}.org", "d".repeat(64)),
+            &format!("a@{}.org", "d.".repeat(125)),
+        ] {
+            assert_eq!(EmailAddress::parse(bad), Err(InvalidInput::Email), "{bad}");
+        }
+    }
+
+    #[test]
     fn time_zones_must_be_iana_names() {
         assert_eq!(
             TimeZone::parse("Europe/Paris").map(|t| t.name()),
@@ -377,11 +499,132 @@ mod tests {
     }
 
     #[test]
+    fn start_times_stay_where_both_databases_store_them() {
+        let now = DateTime::parse_from_rfc3339("2030-01-01T10:00:00Z")
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_default();
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|d| d.with_timezone(&Utc))
+                .expect("a timestamp")
+        };
+        for late in [
+            "9000-01-01T00:00:00Z",
+            "9999-12-31T23:00:00Z",
+            "8999-12-31T23:59:60Z",
+        ] {
+            assert_eq!(
+                StartTime::parse(at(late), now),
+                Err(InvalidInput::StartTooLate),
+                "{late}"
+            );
+        }
+        let last = StartTime::parse(at("8999-12-31T23:59:59.999Z"), now).map(|s| s.instant());
+        assert_eq!(last, Ok(at("8999-12-31T23:59:59Z")));
+        // The longest consultation starting last still ends in a year of four digits.
+        let end = at("8999-12-31T23:59:59Z") + Duration::minutes(i64::from(DurationMinutes::MAX));
+        assert!(end < at("9999-12-31T23:59:59Z"));
+        assert_eq!(
+            DateTime::from_timestamp(StartTime::LATEST, 0),
+            Some(at("9000-01-01T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_leap_second_is_the_second_after_it() {
+        let now = DateTime::parse_from_rfc3339("2030-01-01T10:00:00Z")
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_default();
+        for (leap, read) in [
+            ("2030-06-30T23:59:60Z", "2030-07-01T00:00:00Z"),
+            ("2030-06-30T23:59:60.75Z", "2030-07-01T00:00:00Z"),
+            ("2030-07-01T01:59:60+02:00", "2030-07-01T00:00:00Z"),
+            ("2030-12-31T23:59:60Z", "2031-01-01T00:00:00Z"),
+        ] {
+            let parsed = DateTime::parse_from_rfc3339(leap)
+                .map(|d| d.with_timezone(&Utc))
+                .expect("chrono reads a leap second");
+            assert!(
+                parsed.nanosecond() >= 1_000_000_000,
+                "{leap} is a leap second"
+            );
+            let start = StartTime::parse(parsed, now).expect("a start");
+            assert_eq!(start.instant().to_rfc3339(), read.replace('Z', "+00:00"));
+            assert!(start.instant().nanosecond() < 1_000_000_000);
+            assert_eq!(
+                serde_json::to_string(&start).ok(),
+                Some(format!("\"{read}\""))
+            );
+        }
+    }
+
+    #[test]
+    fn fees_are_in_iso_4217_currencies() {
+        assert_eq!(
+            Money::parse(4500, " eur ").map(|m| m.currency),
+            Ok("EUR".to_owned())
+        );
+        assert!(Money::parse(4500, "JPY").is_ok());
+        for bad in [
+            "ZZZ", "XTS", "XXX", "XAU", "EURO", "EU", "", "E R", "\u{c9}UR",
+        ] {
+            assert_eq!(
+                Money::parse(4500, bad),
+                Err(InvalidInput::Currency),
+                "{bad}"
+            );
+        }
+        assert!(CURRENCIES.windows(2).all(|w| w[0] < w[1]), "sorted");
+        assert!(CURRENCIES
+            .iter()
+            .all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())));
+    }
+
+    #[test]
     fn identifiers_are_short_and_plain() {
         assert!(ProviderId::parse("prov-1").is_ok());
         assert!(ProviderId::parse("").is_err());
         assert!(ProviderId::parse("a/b").is_err());
         assert!(PatientId::parse(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn identifiers_start_with_a_letter_or_digit() {
+        for good in ["dr-ada", "dr.grace_hopper-2", "7", "A.b", &"x".repeat(64)] {
+            assert!(ProviderId::parse(good).is_ok(), "{good}");
+            assert!(PatientId::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            ".", "..", "...", ".hidden", "-dr", "_x", "dr ada", "dr\u{0}",
+        ] {
+            assert_eq!(
+                ProviderId::parse(bad),
+                Err(InvalidInput::Identifier),
+                "{bad}"
+            );
+            assert_eq!(
+                PatientId::parse(bad),
+                Err(InvalidInput::Identifier),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_never_repeat_the_input() {
+        let secret = "chest-pain-42";
+        let errors = [
+            PhoneNumber::parse(secret).err(),
+            EmailAddress::parse(secret).err(),
+            TimeZone::parse(secret).err(),
+            ProviderId::parse(&format!(".{secret}")).err(),
+            Money::parse(1, secret).err(),
+            BoundedText::parse(&format!("{secret}\u{0}"), 5).err(),
+        ];
+        for error in errors {
+            let error = error.expect("refused");
+            assert!(!error.to_string().contains("chest"), "{error}");
+        }
     }
 
     #[test]
