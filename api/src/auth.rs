@@ -183,27 +183,22 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized(
-                "the Authorization header must be `Bearer <token>`",
-            ))?;
-        let claims = state
-            .token_key
-            .verify(token.trim(), state.clock.now().timestamp())
-            .map_err(|err| {
-                ApiError::Unauthorized(match err {
-                    TokenError::Malformed => "the bearer token is malformed",
-                    TokenError::BadSignature => "the bearer token's signature is not valid",
-                    TokenError::Expired => "the bearer token has expired",
-                })
-            })?;
+        let token = bearer_token(&parts.headers)?;
+        let now = state.clock.now().timestamp();
+        let claims = state.token_key.verify(token, now).map_err(|err| {
+            ApiError::Unauthorized(match err {
+                TokenError::Malformed => "the bearer token is malformed",
+                TokenError::BadSignature => "the bearer token's signature is not valid",
+                TokenError::Expired => "the bearer token has expired",
+            })
+        })?;
+        if lifetime(&claims, now)
+            > i64::try_from(state.max_token_lifetime.as_secs()).unwrap_or(i64::MAX)
+        {
+            return Err(ApiError::Unauthorized(
+                "the bearer token's lifetime is longer than this server accepts",
+            ));
+        }
         let valid_sub = (1..=64).contains(&claims.sub.len())
             && claims
                 .sub
@@ -219,6 +214,31 @@ impl FromRequestParts<AppState> for Caller {
             role: claims.role,
         })
     }
+}
+
+/// The token of `Authorization: Bearer <token>`; the scheme's case does not matter
+/// (RFC 7235), and any number of spaces may follow it.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ))
+}
+
+/// How long a token was made to live, in seconds: from its `iat` (or from now, without one, or
+/// when `iat` is in the future) to its `exp`.
+fn lifetime(claims: &Claims, now: i64) -> i64 {
+    let from = claims.iat.map_or(now, |iat| iat.min(now));
+    claims.exp.saturating_sub(from)
 }
 
 #[cfg(test)]
@@ -261,6 +281,35 @@ mod tests {
         assert_eq!(
             key("s3cret").verify(&parts.join("."), 0),
             Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn the_scheme_is_matched_whatever_its_case() {
+        use axum::http::{HeaderMap, HeaderValue};
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer_token(&headers).ok(), Some("abc"), "{value}");
+        }
+        for value in ["Basic abc", "Bearerabc", "Bearer ", "abc"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            assert!(bearer_token(&headers).is_err(), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_lifetime_runs_from_iat_or_now_whichever_is_earlier() {
+        let mut c = claims(1_000);
+        assert_eq!(lifetime(&c, 400), 600);
+        c.iat = Some(100);
+        assert_eq!(lifetime(&c, 400), 900);
+        c.iat = Some(900);
+        assert_eq!(
+            lifetime(&c, 400),
+            600,
+            "an iat in the future does not shorten it"
         );
     }
 

@@ -9,13 +9,14 @@ mod error;
 mod extract;
 pub mod fhir;
 mod routes;
+mod server;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -26,6 +27,7 @@ use consult_store::Store;
 pub use auth::{Caller, Claims, Role, TokenError, TokenKey};
 pub use error::{ApiError, Problem};
 pub use routes::audit::build_history;
+pub use server::{serve, HttpTimeouts};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -59,7 +61,15 @@ pub struct AppState {
     pub media: MediaSettings,
     /// The payment webhook and the cancellation policy.
     pub payments: PaymentSettings,
+    /// `METRICS_TOKEN`: when set, `/metrics` answers only `Authorization: Bearer <token>`.
+    pub metrics_token: Option<secrecy::SecretString>,
+    /// `AUTH_MAX_TOKEN_LIFETIME`: bearer tokens meant to live longer than this are refused.
+    pub max_token_lifetime: std::time::Duration,
 }
+
+/// The longest bearer-token lifetime accepted unless configured otherwise.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 
 /// The payment webhook's secret and the cancellation policy.
 #[derive(Clone)]
@@ -167,7 +177,41 @@ pub fn router(state: AppState) -> Router {
             audit::access_log,
         ))
         .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn(response_headers))
         .with_state(state)
+}
+
+/// What a process that does not serve the API still answers (a worker's `ADMIN_BIND`):
+/// `/healthz`, `/readyz` and `/metrics`, with the same request log and headers.
+pub fn admin_router(state: AppState) -> Router {
+    use routes::{admin, health};
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn(response_headers))
+        .with_state(state)
+}
+
+/// Headers on every response: `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store`
+/// unless the handler chose otherwise (only the API's own description, `/openapi.json` and
+/// `/docs`, may be cached). Responses carry consultations, contact details, histories and
+/// logs; no cache, shared or private, should keep them.
+async fn response_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// Gives each request an id (the client's `X-Request-Id` when it is sane), echoes it in the

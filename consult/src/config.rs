@@ -61,7 +61,39 @@ pub struct Config {
     pub notifications: Notifications,
     pub media: Media,
     pub payments: Payments,
+    /// Connection bounds, the admin listener, `/metrics` and bearer-token limits.
+    pub http: Http,
 }
+
+/// The HTTP side: connection timeouts, the admin listener, `/metrics`, token lifetimes.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `ADMIN_BIND`: where `/healthz`, `/readyz` and `/metrics` are served besides `BIND`; a
+    /// worker-only process serves them only there (default [`DEFAULT_ADMIN_BIND`] then).
+    /// `None`: no admin listener.
+    pub admin_bind: Option<String>,
+    /// `HTTP_HEADER_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `HTTP_BODY_TIMEOUT`.
+    pub timeouts: consult_api::HttpTimeouts,
+    /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<SecretString>,
+    /// `AUTH_MAX_TOKEN_LIFETIME`: bearer tokens meant to live longer are refused (24 h).
+    pub max_token_lifetime: Duration,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            admin_bind: None,
+            timeouts: consult_api::HttpTimeouts::default(),
+            metrics_token: None,
+            max_token_lifetime: consult_api::DEFAULT_MAX_TOKEN_LIFETIME,
+        }
+    }
+}
+
+/// Where a worker-only process serves `/healthz`, `/readyz` and `/metrics` unless
+/// `ADMIN_BIND` says otherwise.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:8090";
 
 /// Payments: the webhook, refunds, the cancellation policy.
 #[derive(Debug, Clone)]
@@ -175,6 +207,81 @@ pub fn database_url(configured: Option<String>, data_dir: &std::path::Path) -> S
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("consult.db").display()))
 }
 
+/// The SMTP server of `SMTP_URL`, in lettre's URL form: `smtp://host` (plain, port 25),
+/// `smtp://host?tls=required` (STARTTLS, 587), `smtp://host?tls=opportunistic` (587),
+/// `smtps://host` (TLS, 465); with `user:password@` (percent-encoded) for `AUTH` and `:port`.
+/// Errors never repeat the URL, which may hold a password.
+pub fn smtp_from_url(
+    text: &str,
+    from: String,
+) -> Result<consult_reactors::channels::smtp::SmtpConfig, ConfigError> {
+    use consult_reactors::channels::smtp::{SmtpConfig, SmtpTls};
+    let invalid = |message: &str| ConfigError::Invalid {
+        name: "SMTP_URL",
+        message: message.to_owned(),
+    };
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|_| invalid("must be a URL such as smtp://user:pass@host:587?tls=required"))?;
+    let tls_param = url
+        .query_pairs()
+        .find(|(key, _)| key == "tls")
+        .map(|(_, value)| value.into_owned());
+    let tls = match (url.scheme(), tls_param.as_deref()) {
+        ("smtp", None) => SmtpTls::None,
+        ("smtp", Some("required")) => SmtpTls::StartTls,
+        ("smtp", Some("opportunistic")) => SmtpTls::Opportunistic,
+        ("smtps", _) => SmtpTls::Tls,
+        _ => {
+            return Err(invalid(
+                "the scheme must be smtp or smtps, and tls= required or opportunistic",
+            ))
+        }
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| invalid("has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut smtp = SmtpConfig::new(host, from);
+    smtp.tls = tls;
+    smtp.port = url.port().unwrap_or(match tls {
+        SmtpTls::None => 25,
+        other => other.default_port(),
+    });
+    let decode = |part: &str| {
+        percent_decode(part).ok_or_else(|| invalid("its user or password is not valid UTF-8"))
+    };
+    if !url.username().is_empty() {
+        smtp.username = Some(decode(url.username())?);
+    }
+    if let Some(password) = url.password() {
+        smtp.password = Some(SecretString::from(decode(password)?));
+    }
+    Ok(smtp)
+}
+
+/// Decodes `%XX` escapes (not `+`, which stays a plus in a URL's user and password).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let value = hex(h).unwrap_or_default() * 16 + hex(l).unwrap_or_default();
+                out.push(u8::try_from(value).unwrap_or_default());
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Reads `90s`, `15m`, `24h`, `2d`.
 pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let text = text.trim();
@@ -213,6 +320,53 @@ mod tests {
         assert!(parse_duration("X", "15").is_err());
         assert!(parse_duration("X", "h").is_err());
         assert!(parse_duration("X", "3w").is_err());
+    }
+
+    #[test]
+    fn smtp_urls_read_as_lettre_reads_them() {
+        use consult_reactors::channels::smtp::SmtpTls;
+        use secrecy::ExposeSecret as _;
+        let from = || "Clinic <no-reply@clinic.example>".to_owned();
+        let smtp = smtp_from_url(
+            "smtp://user%40x:p%2Bss+w@mail.example:2525?tls=required",
+            from(),
+        )
+        .expect("valid");
+        assert_eq!(smtp.host, "mail.example");
+        assert_eq!(smtp.port, 2525);
+        assert_eq!(smtp.tls, SmtpTls::StartTls);
+        assert_eq!(smtp.username.as_deref(), Some("user@x"));
+        assert_eq!(
+            smtp.password.as_ref().map(|p| p.expose_secret().to_owned()),
+            Some("p+ss+w".to_owned())
+        );
+        assert_eq!(smtp.from, from());
+        let plain = smtp_from_url("smtp://relay.local", from()).expect("valid");
+        assert_eq!(
+            (plain.tls, plain.port, plain.username),
+            (SmtpTls::None, 25, None)
+        );
+        let tls = smtp_from_url("smtps://u:p@mail.example", from()).expect("valid");
+        assert_eq!((tls.tls, tls.port), (SmtpTls::Tls, 465));
+        let opportunistic =
+            smtp_from_url("smtp://mail.example?tls=opportunistic", from()).expect("valid");
+        assert_eq!(
+            (opportunistic.tls, opportunistic.port),
+            (SmtpTls::Opportunistic, 587)
+        );
+        for bad in [
+            "http://mail.example",
+            "smtp://mail.example?tls=maybe",
+            "not a url",
+        ] {
+            let err = smtp_from_url(bad, from()).err().map(|e| e.to_string());
+            assert!(err.is_some(), "{bad}");
+        }
+        let err = smtp_from_url("ftp://user:hunter2@mail.example", from())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on {bind} (ADMIN_BIND: /healthz, /readyz and /metrics)")]
+    AdminBind {
+        bind: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory")]
+    DataDir(#[source] std::io::Error),
 }
 
 /// A built engine: store open and migrated, listener bound, not serving yet.
@@ -46,6 +54,10 @@ pub struct Application {
     store: Store,
     /// `None` when this process does not run the API role.
     listener: Option<TcpListener>,
+    /// `/healthz`, `/readyz` and `/metrics` only (`ADMIN_BIND`).
+    admin_listener: Option<TcpListener>,
+    /// Bounds on every connection of both listeners.
+    timeouts: consult_api::HttpTimeouts,
     state: AppState,
     roles: Roles,
     runner: RunnerOptions,
@@ -59,6 +71,7 @@ pub struct Application {
 impl Application {
     /// Opens and migrates the store and binds the listener (port 0 picks a free port).
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        private_data_dir(&config.data_dir)?;
         let store = Store::connect(&StoreOptions::new(config.database_url.clone())).await?;
         store.migrate().await?;
         let listener =
@@ -72,19 +85,36 @@ impl Application {
             } else {
                 None
             };
+        let admin_listener = match &config.http.admin_bind {
+            Some(bind) => Some(TcpListener::bind(bind).await.map_err(|source| {
+                StartupError::AdminBind {
+                    bind: bind.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let outbox = ConsoleSink::new(&config.notifications.outbox)
             .map_err(|e| StartupError::Channels(format!("outbox file: {e}")))?;
         let video = video_provider(config, &outbox)?;
         let voice: Option<Arc<dyn consult_reactors::voice::VoiceProvider>> =
             match &config.media.voice {
-                Some(voice) => Some(Arc::new(
+                Some(voice) => Some(Arc::new({
+                    live("voice", "twilio", &voice.api_base);
                     consult_reactors::voice::twilio::TwilioVoice::new(
                         voice.clone(),
                         consult_reactors::channels::twilio::DEFAULT_TIMEOUT,
                     )
-                    .map_err(|e| StartupError::Channels(format!("Twilio voice client: {e}")))?,
-                )),
-                None => None,
+                    .map_err(|e| StartupError::Channels(format!("Twilio voice client: {e}")))?
+                })),
+                None => {
+                    tracing::warn!(
+                        channel = "voice",
+                        "channel not configured: voice-call answers 503 (TWILIO_ACCOUNT_SID, \
+                         TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER)"
+                    );
+                    None
+                }
             };
         let state = AppState {
             store: store.clone(),
@@ -107,20 +137,23 @@ impl Application {
                 tolerance: config.payments.tolerance,
                 refund_notice: config.payments.refund_notice,
             },
+            metrics_token: config.http.metrics_token.clone(),
+            max_token_lifetime: config.http.max_token_lifetime,
         };
         let payments: Arc<dyn consult_reactors::payments::PaymentProvider> = match &config
             .payments
             .stripe
         {
-            Some(stripe) => Arc::new(
+            Some(stripe) => Arc::new({
+                live("payments", "stripe", &stripe.api_base);
                 consult_reactors::payments::stripe::StripePayments::new(
                     stripe.clone(),
                     consult_reactors::payments::stripe::DEFAULT_TIMEOUT,
                 )
-                .map_err(|e| StartupError::Channels(format!("payment client: {e}")))?,
-            ),
+                .map_err(|e| StartupError::Channels(format!("payment client: {e}")))?
+            }),
             None => {
-                tracing::warn!(outbox = %outbox.path().display(), "no payment provider configured (PAYMENT_API_KEY): refunds are written to the outbox file");
+                tracing::warn!(channel = "payments", outbox = %outbox.path().display(), "channel writes to the outbox file (no credentials): refunds are written there (PAYMENT_API_KEY)");
                 Arc::new(consult_reactors::payments::console::ConsolePayments::new(
                     outbox.clone(),
                 ))
@@ -162,6 +195,8 @@ impl Application {
         Ok(Self {
             store,
             listener,
+            admin_listener,
+            timeouts: config.http.timeouts,
             state,
             roles: config.roles,
             runner: RunnerOptions {
@@ -183,6 +218,14 @@ impl Application {
             .map(|a| a.port())
     }
 
+    /// The port of the admin listener (`/healthz`, `/readyz`, `/metrics`), if there is one.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -195,6 +238,17 @@ impl Application {
     {
         let (stop, stopped) = watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
+        let admin = self.admin_listener.map(|listener| {
+            let mut stopping = stopped.clone();
+            tokio::spawn(consult_api::serve(
+                listener,
+                consult_api::admin_router(self.state.clone()),
+                self.timeouts,
+                async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                },
+            ))
+        });
         {
             let store = self.store.clone();
             let stopping = stopped.clone();
@@ -229,13 +283,18 @@ impl Application {
         match self.listener {
             Some(listener) => {
                 let router = consult_api::router(self.state);
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await?;
+                consult_api::serve(listener, router, self.timeouts, shutdown).await?;
             }
             None => shutdown.await,
         }
         let _ = stop.send(true);
+        if let Some(admin) = admin {
+            workers.spawn(async move {
+                if let Ok(Err(err)) = admin.await {
+                    tracing::warn!(%err, "the admin listener failed");
+                }
+            });
+        }
         let drained = async { while workers.join_next().await.is_some() {} };
         if tokio::time::timeout(std::time::Duration::from_secs(10), drained)
             .await
@@ -270,21 +329,32 @@ fn channels(config: &Config, outbox: ConsoleSink) -> Result<Channels, StartupErr
         None => None,
     };
     let text = |kind: consult_reactors::channels::ChannelKind| -> Arc<dyn Channel> {
-        match &twilio {
-            Some(t) if t.supports(kind) => t.clone(),
+        match (&twilio, &n.twilio) {
+            (Some(t), Some(config)) if t.supports(kind) => {
+                live(&kind.to_string(), "twilio", &config.api_base);
+                t.clone()
+            }
             _ => {
-                tracing::warn!(channel = %kind, outbox = %n.outbox.display(), "no Twilio sender for this channel: its messages go to the outbox file");
+                to_outbox(&kind.to_string(), &n.outbox);
                 outbox.clone()
             }
         }
     };
     let email: Arc<dyn Channel> = match &n.smtp {
-        Some(smtp) => Arc::new(
-            SmtpEmail::new(smtp.clone())
-                .map_err(|e| StartupError::Channels(format!("SMTP: {e}")))?,
-        ),
+        Some(smtp) => {
+            let channel = SmtpEmail::new(smtp.clone())
+                .map_err(|e| StartupError::Channels(format!("SMTP: {e}")))?;
+            tracing::info!(
+                channel = "email",
+                provider = "smtp",
+                host = %format!("{}:{}", smtp.host, smtp.port),
+                tls = ?smtp.tls,
+                "channel live"
+            );
+            Arc::new(channel)
+        }
         None => {
-            tracing::warn!(outbox = %n.outbox.display(), "no SMTP server configured: email goes to the outbox file");
+            to_outbox("email", &n.outbox);
             outbox.clone()
         }
     };
@@ -295,26 +365,72 @@ fn channels(config: &Config, outbox: ConsoleSink) -> Result<Channels, StartupErr
     })
 }
 
+/// Says at start-up that `channel` is live through `provider` at the host of `api_base` (never
+/// its credentials or path).
+fn live(channel: &str, provider: &str, api_base: &str) {
+    tracing::info!(channel, provider, host = %host_of(api_base), "channel live");
+}
+
+/// Says at start-up that `channel` writes to the outbox file.
+fn to_outbox(channel: &str, outbox: &std::path::Path) {
+    tracing::warn!(channel, outbox = %outbox.display(), "channel writes to the outbox file (no credentials)");
+}
+
+/// `host[:port]` of a URL, without user, password, path or query.
+fn host_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(url) => match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => "?".to_owned(),
+        },
+        Err(_) => "?".to_owned(),
+    }
+}
+
 /// The video provider: Twilio Video when configured, else rooms in the outbox file only.
 fn video_provider(
     config: &Config,
     outbox: &ConsoleSink,
 ) -> Result<Arc<dyn VideoProvider>, StartupError> {
     Ok(match &config.media.video {
-        Some(twilio) => Arc::new(
-            consult_reactors::video::twilio::TwilioVideo::new(
-                twilio.clone(),
-                consult_reactors::channels::twilio::DEFAULT_TIMEOUT,
+        Some(twilio) => {
+            live("video", "twilio", &twilio.video_base);
+            Arc::new(
+                consult_reactors::video::twilio::TwilioVideo::new(
+                    twilio.clone(),
+                    consult_reactors::channels::twilio::DEFAULT_TIMEOUT,
+                )
+                .map_err(|e| StartupError::Channels(format!("Twilio video client: {e}")))?,
             )
-            .map_err(|e| StartupError::Channels(format!("Twilio video client: {e}")))?,
-        ),
+        }
         None => {
-            tracing::warn!(outbox = %outbox.path().display(), "no video provider configured: rooms are written to the outbox file and no access tokens can be issued");
+            tracing::warn!(channel = "video", outbox = %outbox.path().display(), "channel writes to the outbox file (no credentials): no access tokens can be issued");
             Arc::new(consult_reactors::video::console::ConsoleVideo::new(
                 outbox.clone(),
             ))
         }
     })
+}
+
+/// Creates the data directory owner-only (0700) if it is missing, and warns if an existing one
+/// is open to other users: it holds the SQLite database, the outbox and the token secret.
+fn private_data_dir(dir: &std::path::Path) -> Result<(), StartupError> {
+    consult_store::private_dir(dir).map_err(StartupError::DataDir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the data directory is open to other users; it holds personal data \
+                     (chmod 700 it)"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Names this process in subscription leases: unique among live processes, no personal data.

@@ -71,12 +71,16 @@ struct NotificationArgs {
     twilio_account_sid: Option<String>,
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     twilio_auth_token: Option<String>,
-    /// Sender number for SMS (E.164).
+    /// Sender number for SMS (E.164); default TWILIO_PHONE_NUMBER.
     #[arg(long, env = "TWILIO_FROM_SMS")]
     twilio_from_sms: Option<String>,
-    /// Sender number for WhatsApp (E.164, without the whatsapp: prefix).
+    /// Sender number for WhatsApp (E.164, with or without the whatsapp: prefix).
     #[arg(long, env = "TWILIO_FROM_WHATSAPP")]
     twilio_from_whatsapp: Option<String>,
+    /// The same as TWILIO_FROM_WHATSAPP (the name other systems use), e.g.
+    /// whatsapp:+14155238886; TWILIO_FROM_WHATSAPP wins when both are set.
+    #[arg(long, env = "TWILIO_WHATSAPP_FROM")]
+    twilio_whatsapp_from: Option<String>,
     #[arg(
         long,
         env = "TWILIO_API_BASE",
@@ -97,7 +101,8 @@ struct NotificationArgs {
         default_value = "https://video.twilio.com"
     )]
     twilio_video_base: String,
-    /// Our number for voice calls (E.164); default TWILIO_FROM_SMS.
+    /// Our number for voice calls (E.164; default TWILIO_FROM_SMS), and the SMS sender when
+    /// TWILIO_FROM_SMS is unset.
     #[arg(long, env = "TWILIO_PHONE_NUMBER")]
     twilio_phone_number: Option<String>,
     /// Participants may join this long before the start.
@@ -121,13 +126,25 @@ struct NotificationArgs {
     /// starttls, tls or none.
     #[arg(long, env = "SMTP_TLS", default_value = "starttls")]
     smtp_tls: String,
-    /// The From mailbox, e.g. "Clinic <no-reply@clinic.example>".
-    #[arg(
-        long,
-        env = "SMTP_FROM",
-        default_value = "Consultations <no-reply@localhost>"
-    )]
-    smtp_from: String,
+    /// The From mailbox, e.g. "Clinic <no-reply@clinic.example>"; default EMAIL_FROM, else
+    /// "Consultations <no-reply@localhost>".
+    #[arg(long, env = "SMTP_FROM")]
+    smtp_from: Option<String>,
+    /// The SMTP server as one URL (lettre's form), used when SMTP_HOST is unset:
+    /// smtp://user:pass@host:587?tls=required, smtps://user:pass@host, smtp://host (plain).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// The same as SMTP_FROM (the name other systems use); SMTP_FROM wins when both are set.
+    #[arg(long, env = "EMAIL_FROM")]
+    email_from: Option<String>,
+}
+
+/// The From mailbox when neither SMTP_FROM nor EMAIL_FROM is set.
+const DEFAULT_EMAIL_FROM: &str = "Consultations <no-reply@localhost>";
+
+/// `value`, unless it is empty or blank.
+fn set(value: Option<&String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 impl NotificationArgs {
@@ -267,8 +284,11 @@ impl NotificationArgs {
             (Some(sid), Some(token)) if !sid.is_empty() && !token.is_empty() => {
                 let mut twilio = TwilioConfig::new(sid, secrecy::SecretString::from(token));
                 twilio.api_base = self.twilio_api_base.trim_end_matches('/').to_owned();
-                twilio.from_sms = self.twilio_from_sms.clone().filter(|s| !s.is_empty());
-                twilio.from_whatsapp = self.twilio_from_whatsapp.clone().filter(|s| !s.is_empty());
+                twilio.from_sms = set(self.twilio_from_sms.as_ref())
+                    .or_else(|| set(self.twilio_phone_number.as_ref()));
+                twilio.from_whatsapp = set(self.twilio_from_whatsapp.as_ref())
+                    .or_else(|| set(self.twilio_whatsapp_from.as_ref()))
+                    .map(|n| n.strip_prefix("whatsapp:").unwrap_or(&n).trim().to_owned());
                 Some(twilio)
             }
             (None, None) => None,
@@ -281,8 +301,19 @@ impl NotificationArgs {
             }
         };
         let media = self.media(n.twilio.as_ref())?;
+        let from = set(self.smtp_from.as_ref())
+            .or_else(|| set(self.email_from.as_ref()))
+            .unwrap_or_else(|| DEFAULT_EMAIL_FROM.to_owned());
+        let smtp_url = set(self.smtp_url.as_ref());
         n.smtp = match self.smtp_host.filter(|h| !h.is_empty()) {
+            None => match smtp_url {
+                Some(url) => Some(consult::config::smtp_from_url(&url, from)?),
+                None => None,
+            },
             Some(host) => {
+                if smtp_url.is_some() {
+                    tracing::warn!("SMTP_HOST and SMTP_URL are both set: SMTP_URL is ignored");
+                }
                 let tls = match self.smtp_tls.as_str() {
                     "starttls" => SmtpTls::StartTls,
                     "tls" => SmtpTls::Tls,
@@ -295,16 +326,66 @@ impl NotificationArgs {
                         .into())
                     }
                 };
-                let mut smtp = SmtpConfig::new(host, self.smtp_from);
+                let mut smtp = SmtpConfig::new(host, from);
                 smtp.tls = tls;
                 smtp.port = self.smtp_port.unwrap_or(tls.default_port());
                 smtp.username = self.smtp_username.filter(|u| !u.is_empty());
                 smtp.password = self.smtp_password.map(secrecy::SecretString::from);
                 Some(smtp)
             }
-            None => None,
         };
         Ok((n, media))
+    }
+}
+
+/// Connections, the admin listener, `/metrics` and bearer tokens.
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// Where /healthz, /readyz and /metrics are also served; default 127.0.0.1:8090 for a
+    /// worker-only process (ROLES=workers), none otherwise (the API serves them on BIND).
+    #[arg(long, env = "ADMIN_BIND")]
+    admin_bind: Option<String>,
+    /// A request's header must arrive within this (from accept, or from its first byte).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    http_header_timeout: String,
+    /// A kept-alive connection waiting this long for its next request is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s")]
+    http_idle_timeout: String,
+    /// A request's body must arrive whole within this of its header.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "30s")]
+    http_body_timeout: String,
+    /// When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// Bearer tokens made to live longer than this (exp - iat) are refused.
+    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h")]
+    auth_max_token_lifetime: String,
+}
+
+impl HttpArgs {
+    fn into_config(self, roles: Roles) -> Result<consult::config::Http, ConfigError> {
+        let positive = |name: &'static str, text: &str| {
+            let value = parse_duration(name, text)?;
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: "must be at least 1s".into(),
+                });
+            }
+            Ok(value)
+        };
+        let admin_bind = set(self.admin_bind.as_ref())
+            .or_else(|| (!roles.api).then(|| consult::config::DEFAULT_ADMIN_BIND.to_owned()));
+        Ok(consult::config::Http {
+            admin_bind,
+            timeouts: consult_api::HttpTimeouts {
+                header: positive("HTTP_HEADER_TIMEOUT", &self.http_header_timeout)?,
+                idle: positive("HTTP_IDLE_TIMEOUT", &self.http_idle_timeout)?,
+                body: positive("HTTP_BODY_TIMEOUT", &self.http_body_timeout)?,
+            },
+            metrics_token: set(self.metrics_token.as_ref()).map(secrecy::SecretString::from),
+            max_token_lifetime: positive("AUTH_MAX_TOKEN_LIFETIME", &self.auth_max_token_lifetime)?,
+        })
     }
 }
 
@@ -386,6 +467,8 @@ enum Command {
         notifications: Box<NotificationArgs>,
         #[command(flatten)]
         payments: PaymentArgs,
+        #[command(flatten)]
+        http: Box<HttpArgs>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -402,9 +485,12 @@ enum Command {
         /// The caller's id (a provider's id for the provider role).
         #[arg(long)]
         sub: String,
-        /// How long the token is valid, e.g. 30m, 24h.
+        /// How long the token is valid, e.g. 30m, 24h; at most AUTH_MAX_TOKEN_LIFETIME.
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// The server refuses tokens made to live longer than this.
+        #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h")]
+        auth_max_token_lifetime: String,
     },
     /// Empty a projection and replay the whole log into it, showing progress. The API may
     /// keep serving meanwhile.
@@ -491,14 +577,34 @@ fn survive_file_size_limit() {
 #[cfg(not(all(unix, not(any(target_arch = "mips", target_arch = "mips64")))))]
 fn survive_file_size_limit() {}
 
+/// Logs to standard error, as text or (`LOG_FORMAT=json`) one JSON object per line with the
+/// same fields: `timestamp`, `level`, `target`, `message` and the event's own fields.
+fn init_logging() -> Result<(), String> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let format = std::env::var("LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format.trim() {
+        "" | "text" => builder.init(),
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        _ => return Err("LOG_FORMAT must be text or json".to_owned()),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(err) = init_logging() {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     survive_file_size_limit();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -520,8 +626,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             subscription_lease,
             notifications,
             payments,
+            http,
         } => {
             let (notifications, media) = notifications.into_config(&storage.data_dir)?;
+            let roles = Roles::parse(&roles)?;
             let public_base_url = public_base_url.unwrap_or_else(|| format!("http://{bind}"));
             let config = Config {
                 database_url: database_url(storage.database_url, &storage.data_dir),
@@ -530,16 +638,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 public_base_url,
                 data_dir: storage.data_dir,
                 bind,
-                roles: Roles::parse(&roles)?,
+                roles,
                 subscription_lease: parse_duration("SUBSCRIPTION_LEASE", &subscription_lease)?,
                 notifications,
                 media,
                 payments: payments.into_config()?,
+                http: http.into_config(roles)?,
             };
             let app = Application::build(&config).await?;
             tracing::info!(
                 backend = app.store().backend(),
                 port = app.port(),
+                admin_port = app.admin_port(),
                 api = config.roles.api,
                 workers = config.roles.workers,
                 "consult is serving"
@@ -559,10 +669,19 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             role,
             sub,
             ttl,
+            auth_max_token_lifetime,
         } => {
             let role =
                 Role::parse(&role).ok_or("--role must be patient, provider, admin or auditor")?;
             let ttl = parse_duration("--ttl", &ttl)?;
+            let max = parse_duration("AUTH_MAX_TOKEN_LIFETIME", &auth_max_token_lifetime)?;
+            if ttl > max {
+                return Err(format!(
+                    "--ttl is longer than AUTH_MAX_TOKEN_LIFETIME ({}s): the server would refuse the token",
+                    max.as_secs()
+                )
+                .into());
+            }
             let now = chrono::Utc::now().timestamp();
             let key = TokenKey::new(jwt_secret(&data_dir)?);
             let token = key.mint(&Claims {

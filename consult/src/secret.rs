@@ -36,7 +36,7 @@ pub fn load_or_create(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err.into()),
     }
-    std::fs::create_dir_all(data_dir)?;
+    consult_store::private_dir(data_dir)?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|_| SecretError::Random)?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

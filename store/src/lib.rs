@@ -20,6 +20,7 @@ macro_rules! with_pool {
 mod chain;
 mod error;
 mod execute;
+mod files;
 mod idempotency;
 mod log;
 mod metadata;
@@ -40,6 +41,7 @@ pub use chain::{
 };
 pub use error::{error_chain, ExecuteError, StoreError};
 pub use execute::{Committed, Loaded};
+pub use files::{private_dir, private_file};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use log::{Checkpoint, LogBatch, RecordedEvent};
 pub use metadata::Metadata;
@@ -128,6 +130,7 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
+            files::prepare_sqlite_file(connect.get_filename(), url);
             if let Some(dir) = connect.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(StoreError::DataDir)?;

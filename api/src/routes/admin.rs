@@ -8,12 +8,28 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{TimeZone as _, Utc};
 use consult_store::SubscriptionStatus;
+use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::AppState;
+
+/// Whether two secrets are equal, in time that depends on neither: their SHA-256 digests (of
+/// fixed length, whatever the inputs' lengths) are compared without stopping at a difference.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let (a, b) = (
+        Sha256::digest(presented.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0_u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
 
 fn instant(ms: i64) -> Option<chrono::DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
@@ -105,8 +121,18 @@ type Family = (
 );
 
 /// `GET /metrics`: Prometheus text format. Subscription figures are read from the database,
-/// so any process reports every subscription. No personal data.
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// so any process reports every subscription. No personal data. With `METRICS_TOKEN` set, only
+/// `Authorization: Bearer <METRICS_TOKEN>` is answered (401 otherwise).
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.metrics_token {
+        let presented = crate::auth::bearer_token(&headers)?;
+        if !same_secret(presented, expected.expose_secret()) {
+            return Err(ApiError::Unauthorized("the metrics token is not valid"));
+        }
+    }
     let statuses = state.store.subscription_statuses().await?;
     let head = state.store.head_position().await?;
     let mut text = String::new();
@@ -167,4 +193,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret("s3cret-token", "s3cret-token"));
+        assert!(!same_secret("s3cret-tokeN", "s3cret-token"));
+        assert!(!same_secret("s3cret", "s3cret-token"));
+        assert!(!same_secret("", "s3cret-token"));
+    }
 }

@@ -169,6 +169,11 @@ pub async fn voice_call(
     caller.require(&[Role::Patient, Role::Provider])?;
     let id = parse_id(&id)?;
     if state.media.voice_number.is_none() {
+        // Whether calls are configured is nobody's business but the consultation's parties'.
+        let Some(loaded) = state.store.load::<Consultation>(&id.to_string()).await? else {
+            return Err(ApiError::NotFound("no such consultation"));
+        };
+        party_of(&caller, &loaded.aggregate)?;
         return Err(ApiError::NotConfigured(
             "voice calls are not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, \
              TWILIO_PHONE_NUMBER)"

@@ -301,6 +301,8 @@ fn spawn_worker(db: &crate::helpers::TestDb, twilio: &TwilioFake, n: u32) -> tok
     tokio::process::Command::new(env!("CARGO_BIN_EXE_consult"))
         .arg("serve")
         .env("ROLES", "workers")
+        // Its probes on a port of its own: several workers run at once.
+        .env("ADMIN_BIND", "127.0.0.1:0")
         .env("DATABASE_URL", &db.url)
         .env("DATA_DIR", db.data_dir.join(format!("worker-{n}")))
         .env("SUBSCRIPTION_LEASE", "2s")

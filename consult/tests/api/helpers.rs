@@ -236,6 +236,7 @@ fn config(db: &TestDb) -> Config {
             webhook_secret: Some(SecretString::from(PAYMENT_SECRET)),
             ..consult::config::Payments::default()
         },
+        http: consult::config::Http::default(),
     }
 }
 

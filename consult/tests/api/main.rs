@@ -8,6 +8,7 @@ mod concurrency;
 mod delivery;
 mod export;
 mod faults;
+mod hardening;
 mod lifecycle;
 mod media;
 mod notifications;

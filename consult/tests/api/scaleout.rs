@@ -88,6 +88,8 @@ fn serve(
         .arg("serve")
         .env("ROLES", roles)
         .env("BIND", bind)
+        // A worker's probes on a port of its own: several run at once.
+        .env("ADMIN_BIND", "127.0.0.1:0")
         .env("PUBLIC_BASE_URL", "http://127.0.0.1")
         .env("DATABASE_URL", &db.url)
         .env("DATA_DIR", &dir)

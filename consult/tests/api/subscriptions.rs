@@ -571,6 +571,8 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_or_applied_twice() {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_consult"))
             .arg("serve")
             .env("ROLES", "workers")
+            // Its probes on a port of its own: several workers run at once.
+            .env("ADMIN_BIND", "127.0.0.1:0")
             .env("DATABASE_URL", &db.url)
             .env("DATA_DIR", db.data_dir.join(format!("worker-{n}")))
             .env("SUBSCRIPTION_LEASE", "2s")

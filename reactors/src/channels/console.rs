@@ -43,13 +43,12 @@ struct Line<'a> {
 
 impl ConsoleSink {
     /// Opens (creating it and its parent directories if needed) the file at `path` for
-    /// appending.
+    /// appending. A new file is readable by its owner only (0600, its new directories 0700),
+    /// whatever the umask: it holds whole messages.
     pub fn new(path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        consult_store::private_file(&path)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
         Ok(Self {
             path,
             file: Arc::new(Mutex::new(file)),

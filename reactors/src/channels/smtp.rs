@@ -39,6 +39,9 @@ pub enum SmtpTls {
     StartTls,
     /// TLS from the first byte, "SMTPS" (usually port 465).
     Tls,
+    /// `STARTTLS` when the server offers it, plain text otherwise: open to a man in the middle.
+    /// Only so that `SMTP_URL=smtp://…?tls=opportunistic` works as elsewhere.
+    Opportunistic,
 }
 
 impl SmtpTls {
@@ -46,7 +49,7 @@ impl SmtpTls {
     pub fn default_port(self) -> u16 {
         match self {
             Self::None => 25,
-            Self::StartTls => 587,
+            Self::StartTls | Self::Opportunistic => 587,
             Self::Tls => 465,
         }
     }
@@ -138,6 +141,7 @@ impl SmtpEmail {
             SmtpTls::None => Tls::None,
             SmtpTls::StartTls => Tls::Required(tls_parameters(&config.host)?),
             SmtpTls::Tls => Tls::Wrapper(tls_parameters(&config.host)?),
+            SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters(&config.host)?),
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
             .port(config.port)
