@@ -86,12 +86,7 @@ impl Application {
                 None
             };
         let admin_listener = match &config.http.admin_bind {
-            Some(bind) => Some(TcpListener::bind(bind).await.map_err(|source| {
-                StartupError::AdminBind {
-                    bind: bind.clone(),
-                    source,
-                }
-            })?),
+            Some(bind) => Some(bind_admin(bind).await?),
             None => None,
         };
         let outbox = ConsoleSink::new(&config.notifications.outbox)
@@ -411,6 +406,16 @@ fn video_provider(
             ))
         }
     })
+}
+
+/// The listener of `ADMIN_BIND`.
+async fn bind_admin(bind: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(bind)
+        .await
+        .map_err(|source| StartupError::AdminBind {
+            bind: bind.to_owned(),
+            source,
+        })
 }
 
 /// Creates the data directory owner-only (0700) if it is missing, and warns if an existing one
