@@ -49,7 +49,9 @@ impl Cursor {
         let text = String::from_utf8(bytes).map_err(|_| CursorError)?;
         let (ms, id) = text.split_once('.').ok_or(CursorError)?;
         let starts_at_ms = ms.parse().map_err(|_| CursorError)?;
-        if id.is_empty() {
+        // No id this server hands out is empty or holds a control character, and PostgreSQL
+        // text cannot hold a NUL: such a cursor is the client's mistake, not a query to run.
+        if id.is_empty() || id.chars().any(char::is_control) {
             return Err(CursorError);
         }
         Ok(Self {
@@ -157,4 +159,27 @@ pub async fn consultations(store: &Store, filter: &ListFilter) -> Result<Page, S
         None
     };
     Ok(Page { items, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips() {
+        let cursor = Cursor {
+            starts_at_ms: 1_900_000_000_000,
+            id: "7f0c8a4e-3b7d-4f4e-9a57-0f3d5f1c2b10".to_owned(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
+    }
+
+    #[test]
+    fn a_cursor_with_a_nul_or_another_control_character_is_refused() {
+        for text in ["1.a\u{0}b", "1.\u{0}", "1.a\nb", "1."] {
+            let encoded = URL_SAFE_NO_PAD.encode(text);
+            assert!(Cursor::decode(&encoded).is_err(), "{text:?}");
+        }
+        assert!(Cursor::decode("MS5hAGI").is_err());
+    }
 }

@@ -233,7 +233,10 @@ pub async fn voice_call(
 }
 
 /// Checks a Twilio webhook's signature and returns its form parameters; 403 if the signature
-/// is missing or wrong, or if Twilio is not configured.
+/// is missing or wrong, or if Twilio is not configured. A signed callback with a NUL in a form
+/// or query parameter (names included) is refused with 400: no parameter Twilio sends us, nor
+/// any we put in a callback's URL, has one, and PostgreSQL's text cannot hold one, so it is
+/// refused here once rather than failing wherever a parameter reaches the database.
 pub(crate) fn verify_twilio(
     state: &AppState,
     uri: &Uri,
@@ -262,6 +265,21 @@ pub(crate) fn verify_twilio(
         &params,
         signature,
     ) {
+        let in_query = query(uri);
+        if let Some((name, _)) = params
+            .iter()
+            .chain(&in_query)
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            let name = if name.contains('\0') {
+                "a parameter name"
+            } else {
+                name.as_str()
+            };
+            return Err(ApiError::MalformedBody(format!(
+                "{name} must not contain NUL characters"
+            )));
+        }
         Ok(params)
     } else {
         tracing::warn!(

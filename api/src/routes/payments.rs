@@ -73,6 +73,20 @@ impl Outcome {
     }
 }
 
+/// A text this engine reads from an event, and may store. PostgreSQL's text and jsonb cannot
+/// hold a NUL and no provider id, type, currency or consultation id has one, so a NUL in a field
+/// that is read is refused (400) as the malformed event it is, before anything is stored.
+/// Fields this engine does not read are not looked at: they are never stored.
+fn readable<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
+    if text.contains('\0') {
+        Err(ApiError::MalformedBody(format!(
+            "{field} must not contain NUL characters"
+        )))
+    } else {
+        Ok(text)
+    }
+}
+
 fn bad_request(field: &str, message: &str) -> ApiError {
     ApiError::Validation {
         field: field.to_owned(),
@@ -112,10 +126,10 @@ pub async fn webhook(
     if event.id.is_empty() || event.id.len() > 255 {
         return Err(bad_request("id", "must be the provider's event id"));
     }
+    readable("id", &event.id)?;
+    readable("type", &event.kind)?;
     let object = &event.data.object;
-    let consultation_id = object
-        .pointer("/metadata/consultation_id")
-        .and_then(Value::as_str)
+    let consultation_id = optional_text(object, "/metadata/consultation_id")?
         .unwrap_or("")
         .to_owned();
 
@@ -249,11 +263,19 @@ async fn finish(
     Ok(())
 }
 
-/// The payment fields of an object, or a 422 naming the missing one.
-fn text<'a>(object: &'a Value, pointer: &str) -> Result<&'a str, ApiError> {
+/// A text field of an object, if it is there; every text read from an object comes through
+/// here (see [`readable`]).
+fn optional_text<'a>(object: &'a Value, pointer: &str) -> Result<Option<&'a str>, ApiError> {
     object
         .pointer(pointer)
         .and_then(Value::as_str)
+        .map(|text| readable(&format!("data.object{}", pointer.replace('/', ".")), text))
+        .transpose()
+}
+
+/// The payment fields of an object, or a 422 naming the missing one.
+fn text<'a>(object: &'a Value, pointer: &str) -> Result<&'a str, ApiError> {
+    optional_text(object, pointer)?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
             bad_request(

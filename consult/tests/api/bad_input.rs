@@ -15,6 +15,10 @@ on_both_backends!(
     undecodable_path_parameters_are_404_problems,
     oversized_webhook_bodies_are_413_problems,
     nul_characters_in_paths_and_queries_are_client_errors,
+    slots_the_database_cannot_store_are_refused_and_leap_seconds_normalised,
+    addresses_the_mailer_would_refuse_are_refused_at_the_door,
+    unknown_currencies_and_dotted_provider_ids_are_refused,
+    nul_characters_in_cursors_and_signed_webhooks_are_client_errors,
 );
 
 /// Changes a valid booking into an invalid one.
@@ -432,4 +436,434 @@ async fn nul_characters_in_paths_and_queries_are_client_errors(backend: Backend)
             .any(|i| i["consultation_id"] == "\u{FFFD}" && i["outcome"] == 404),
         "{logged}"
     );
+}
+
+/// Asserts that a problem document does not quote `value` anywhere (it may be personal data).
+fn assert_not_quoted(problem: &Value, value: &str) {
+    assert!(
+        !problem.to_string().contains(value),
+        "the problem repeats the refused value: {problem}"
+    );
+}
+
+/// Found by a hostile probe: a slot the database cannot store (an end after year 9999 on
+/// both backends, which the slot triggers cannot read; a leap second, which SQLite's
+/// `julianday` cannot read) was accepted with 201/200, and every later accept or reschedule
+/// answered 500. Such an end is refused at the door; a leap second is read as the second after
+/// it, as PostgreSQL does.
+async fn slots_the_database_cannot_store_are_refused_and_leap_seconds_normalised(backend: Backend) {
+    use chrono::Datelike as _;
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let patient = app.token(Role::Patient, "pat-1");
+    let provider = app.token(Role::Provider, "prov-1");
+
+    for late in [
+        "9999-12-31T23:00:00Z",
+        "9999-12-31T22:30:00Z",
+        "9000-01-01T00:00:00Z",
+    ] {
+        let mut body = booking("prov-1", 24);
+        body["starts_at"] = json!(late);
+        let problem = refused_booking(&app, body, unprocessable, "validation_failed").await;
+        assert_eq!(problem["field"], "starts_at", "{problem}");
+        if late.starts_with("9999") {
+            // (The last one is the bound, which the message names.)
+            assert_not_quoted(&problem, late);
+        }
+    }
+
+    // A reschedule to such a slot, of a requested and of an accepted consultation.
+    let requested = app.book("pat-1", "prov-1", 24).await;
+    let accepted = app.book("pat-1", "prov-1", 48).await;
+    let response = app
+        .post(
+            &format!("/v1/consultations/{accepted}/accept"),
+            &provider,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "accept");
+    let before = app.db.event_count().await;
+    for id in [&requested, &accepted] {
+        for body in [
+            json!({"starts_at": "9999-12-31T23:00:00Z"}),
+            json!({"starts_at": "9999-12-31T20:30:00Z", "duration_minutes": 240}),
+        ] {
+            let response = app
+                .post(
+                    &format!("/v1/consultations/{id}/reschedule"),
+                    &patient,
+                    &body,
+                )
+                .await;
+            let problem = assert_problem(response, unprocessable, "validation_failed").await;
+            assert_eq!(problem["field"], "starts_at", "{problem}");
+        }
+    }
+    assert_eq!(app.db.event_count().await, before, "nothing stored");
+    // The requested one can still be accepted.
+    let response = app
+        .post(
+            &format!("/v1/consultations/{requested}/accept"),
+            &provider,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "accept after refusals");
+
+    // Leap seconds: booked, accepted and rescheduled as the next second.
+    let year = chrono::Utc::now().year() + 1;
+    let mut body = booking("prov-1", 24);
+    body["starts_at"] = json!(format!("{year}-06-30T23:59:60Z"));
+    let response = app.post("/v1/consultations", &patient, &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED, "book a leap second");
+    let leap: Value = response.json().await.expect("json");
+    let leap = leap["id"].as_str().expect("id").to_owned();
+    let response = app
+        .post(
+            &format!("/v1/consultations/{leap}/accept"),
+            &provider,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "accept a leap second");
+    let read = app
+        .read(&format!("/v1/consultations/{leap}"), &patient)
+        .await
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(
+        read["starts_at"],
+        format!("{year}-07-01T00:00:00Z"),
+        "{read}"
+    );
+    let response = app
+        .post(
+            &format!("/v1/consultations/{accepted}/reschedule"),
+            &patient,
+            &json!({"starts_at": format!("{year}-12-31T23:59:60.5Z")}),
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "reschedule to a leap second"
+    );
+    let read = app
+        .read(&format!("/v1/consultations/{accepted}"), &patient)
+        .await
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(
+        read["starts_at"],
+        format!("{}-01-01T00:00:00Z", year + 1),
+        "{read}"
+    );
+    // The slot is really held: an overlapping accept is refused as a conflict, not a 500.
+    let mut body = booking("prov-1", 24);
+    body["starts_at"] = json!(format!("{}-01-01T00:15:00Z", year + 1));
+    let response = app.post("/v1/consultations", &patient, &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let overlapping: Value = response.json().await.expect("json");
+    let response = app
+        .post(
+            &format!(
+                "/v1/consultations/{}/accept",
+                overlapping["id"].as_str().expect("id")
+            ),
+            &provider,
+            &json!({}),
+        )
+        .await;
+    assert_problem(response, StatusCode::CONFLICT, "slot_conflict").await;
+}
+
+/// Found by a hostile probe: addresses that `lettre` refuses when the email is sent were
+/// accepted at booking and at registration, and their messages dead-lettered later.
+async fn addresses_the_mailer_would_refuse_are_refused_at_the_door(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let admin = app.token(Role::Admin, "admin-1");
+    let before = app.db.event_count().await;
+    for address in [
+        "a,b@x.org",
+        "a;b@x.org",
+        "Bcc:a@x.org",
+        "a\"b@x.org",
+        "(a)b@x.org",
+        "a..b@x.org",
+        ".a@x.org",
+        "a@-x.org",
+        "Pat <pat@x.org>",
+    ] {
+        let mut body = booking("prov-1", 24);
+        body["contact"]["email"] = json!(address);
+        let problem = refused_booking(
+            &app,
+            body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "contact.email", "{address}: {problem}");
+        assert_not_quoted(&problem, address);
+
+        let mut body = crate::helpers::provider_body("prov-x");
+        body["email"] = json!(address);
+        let response = app.post("/v1/providers", &admin, &body).await;
+        let problem = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "email", "{address}: {problem}");
+    }
+    assert_eq!(app.db.event_count().await, before, "nothing stored");
+    // Ordinary addresses still pass.
+    let mut body = booking("prov-1", 24);
+    body["contact"]["email"] = json!("o'brien+tag@mail.example.org");
+    let response = app
+        .post(
+            "/v1/consultations",
+            &app.token(Role::Patient, "pat-1"),
+            &body,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+/// Found by a hostile probe: a fee in a currency that does not exist and provider ids made of
+/// dots (which no URL can name: `/v1/providers/..` is normalised away) were registered.
+async fn unknown_currencies_and_dotted_provider_ids_are_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let admin = app.token(Role::Admin, "admin-1");
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("fee.currency", "currency", json!("ZZZ")),
+        ("fee.currency", "currency", json!("XTS")),
+        ("fee.currency", "currency", json!("E R")),
+        ("id", "id", json!("..")),
+        ("id", "id", json!(".")),
+        ("id", "id", json!("-dr")),
+        ("id", "id", json!(".hidden")),
+        ("id", "id", json!("dr/ada")),
+        ("id", "id", json!("d".repeat(65))),
+    ];
+    for (field, key, value) in cases {
+        let mut body = crate::helpers::provider_body("dr-ada");
+        if key == "currency" {
+            body["fee"]["currency"] = value.clone();
+        } else {
+            body["id"] = value.clone();
+        }
+        let response = app.post("/v1/providers", &admin, &body).await;
+        let problem = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{value}: {problem}");
+        if let Some(value) = value.as_str().filter(|v| v.len() > 2) {
+            assert_not_quoted(&problem, value);
+        }
+    }
+    assert_eq!(app.db.event_count().await, 0, "nothing stored");
+    for (id, currency) in [
+        ("dr-ada", "eur"),
+        ("dr.grace_hopper-2", "JPY"),
+        ("7", "CHF"),
+    ] {
+        let mut body = crate::helpers::provider_body(id);
+        body["fee"]["currency"] = json!(currency);
+        let response = app.post("/v1/providers", &admin, &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{id} {currency}");
+    }
+}
+
+/// Found by a hostile probe on PostgreSQL, whose text and jsonb cannot hold a NUL: a NUL in a
+/// decoded cursor, or in a field of a correctly signed payment or Twilio webhook, reached the
+/// database and came back as a 500.
+async fn nul_characters_in_cursors_and_signed_webhooks_are_client_errors(backend: Backend) {
+    use consult_reactors::payments::signature;
+    const AUTH_TOKEN: &str = "twilio-auth-token-for-the-nul-test";
+    let Some(app) = crate::helpers::spawn_app_with(backend, |config| {
+        // Only the webhooks' signature check is wanted: no sender, so nothing is sent.
+        config.notifications.twilio = Some(consult_reactors::channels::twilio::TwilioConfig::new(
+            "AC00000000000000000000000000000000",
+            secrecy::SecretString::from(AUTH_TOKEN),
+        ));
+    })
+    .await
+    else {
+        return;
+    };
+    app.register_provider("prov-1").await;
+    let id = app.book("pat-1", "prov-1", 24).await;
+    let admin = app.token(Role::Admin, "admin-1");
+
+    // "1.a\0b" and "1.\0": well-formed cursors but for the NUL.
+    for cursor in ["MS5hAGI", "MS4A"] {
+        for path in [
+            format!("/v1/consultations?cursor={cursor}"),
+            format!("/v1/providers/prov-1/schedule?cursor={cursor}"),
+        ] {
+            let response = app.get(&path, &admin).await;
+            let problem =
+                assert_problem(response, StatusCode::BAD_REQUEST, "validation_failed").await;
+            assert_eq!(problem["field"], "cursor", "{path}: {problem}");
+        }
+    }
+
+    let before = app.db.event_count().await;
+    let payment = |event_id: &str, kind: &str, object: Value| {
+        json!({"id": event_id, "type": kind, "data": {"object": object}}).to_string()
+    };
+    let intent = |pi: &str, currency: &str, consultation: &str| {
+        json!({
+            "id": pi,
+            "object": "payment_intent",
+            "amount": 4500,
+            "amount_received": 4500,
+            "currency": currency,
+            "metadata": {"consultation_id": consultation},
+        })
+    };
+    for body in [
+        payment(
+            "evt_\u{0}1",
+            "payment_intent.succeeded",
+            intent("pi_1", "eur", &id),
+        ),
+        payment(
+            "evt_2",
+            "payment_intent.succeeded\u{0}",
+            intent("pi_2", "eur", &id),
+        ),
+        payment(
+            "evt_3",
+            "payment_intent.succeeded",
+            intent("pi_\u{0}3", "eur", &id),
+        ),
+        payment(
+            "evt_4",
+            "payment_intent.succeeded",
+            intent("pi_4", "eu\u{0}", &id),
+        ),
+        payment(
+            "evt_5",
+            "payment_intent.payment_failed",
+            intent("pi_5", "eur", &format!("{id}\u{0}")),
+        ),
+        payment(
+            "evt_6",
+            "charge.refunded",
+            json!({"id": "ch_6", "payment_intent": "pi_\u{0}6", "amount_refunded": 4500,
+                   "metadata": {"consultation_id": id}}),
+        ),
+    ] {
+        let response = app
+            .client
+            .post(format!("{}/v1/webhooks/payments", app.address))
+            .header("content-type", "application/json")
+            .header(
+                "stripe-signature",
+                signature::sign(
+                    crate::helpers::PAYMENT_SECRET,
+                    chrono::Utc::now().timestamp(),
+                    body.as_bytes(),
+                ),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert_problem(response, StatusCode::BAD_REQUEST, "validation_failed").await;
+    }
+    assert_eq!(app.db.event_count().await, before, "nothing stored");
+    // A NUL in a field this engine does not read is no reason to refuse the event.
+    let mut object = intent("pi_7", "eur", &id);
+    object["description"] = json!("a\u{0}b");
+    let body = payment("evt_7", "payment_intent.payment_failed", object);
+    let response = app
+        .client
+        .post(format!("{}/v1/webhooks/payments", app.address))
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            signature::sign(
+                crate::helpers::PAYMENT_SECRET,
+                chrono::Utc::now().timestamp(),
+                body.as_bytes(),
+            ),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let before = app.db.event_count().await;
+
+    let twilio = |path: String, form: Vec<(String, String)>| {
+        let signature = consult_reactors::twilio_signature::signature(
+            AUTH_TOKEN,
+            &format!("http://127.0.0.1{path}"),
+            &form,
+        );
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&form)
+            .finish();
+        app.client
+            .post(format!("{}{path}", app.address))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", signature)
+            .body(body)
+            .send()
+    };
+    let form = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    for (path, fields) in [
+        (
+            "/v1/webhooks/twilio/messages".to_owned(),
+            form(&[("MessageSid", "SM\u{0}1"), ("MessageStatus", "delivered")]),
+        ),
+        (
+            "/v1/webhooks/twilio/messages".to_owned(),
+            form(&[
+                ("MessageSid", "SM2"),
+                ("MessageStatus", "failed"),
+                ("ErrorCode", "300\u{0}05"),
+            ]),
+        ),
+        (
+            format!("/v1/webhooks/twilio/rooms?consultation_id={id}%00"),
+            form(&[
+                ("StatusCallbackEvent", "room-ended"),
+                ("RoomName", "consult-x"),
+            ]),
+        ),
+        (
+            format!("/v1/webhooks/twilio/calls?consultation_id={id}&call_id=%00"),
+            form(&[("CallStatus", "completed"), ("CallSid", "CA1")]),
+        ),
+    ] {
+        let response = twilio(path.clone(), fields).await.expect("sent");
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert!(problem["detail"].as_str().is_some(), "{path}: {problem}");
+    }
+    assert_eq!(app.db.event_count().await, before, "nothing stored");
 }
