@@ -54,6 +54,12 @@ pub enum ApiError {
     /// A capability this deployment has not configured (no video or voice provider): 503.
     #[error("{0}")]
     NotConfigured(String),
+    /// The caller made too many requests of this kind: 429 with `Retry-After`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -85,6 +91,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotNow { .. } => StatusCode::CONFLICT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +116,7 @@ impl ApiError {
             Self::NotNow { code, .. } => code,
             Self::NotConfigured(_) => "not_configured",
             Self::BadSignature(_) => "bad_signature",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }
@@ -166,6 +174,11 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable | Self::IdempotencyInProgress => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::RateLimited { retry_after, .. } => {
+                // Whole seconds, rounded up: a client that waits this long is let through.
+                let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
             }
             _ => {}
         }

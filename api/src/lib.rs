@@ -65,6 +65,15 @@ pub struct AppState {
     pub metrics_token: Option<secrecy::SecretString>,
     /// `AUTH_MAX_TOKEN_LIFETIME`: bearer tokens meant to live longer than this are refused.
     pub max_token_lifetime: std::time::Duration,
+    /// `BOOKING_LIMIT`: bookings one patient may make within a window.
+    pub booking_limit: RateLimit,
+}
+
+/// At most `limit` requests of a kind per caller within `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub window: std::time::Duration,
 }
 
 /// The longest bearer-token lifetime accepted unless configured otherwise.

@@ -170,7 +170,7 @@ async fn write_batch(store: &Store, batch: &[ExportedEvent]) -> Result<u64, Stor
             tx.commit().await?;
         }
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
+            let mut tx = consult_store::BeginWrite::begin_write(pool).await?;
             for event in batch {
                 insert(&mut Tx::Sqlite(&mut tx), event).await?;
             }

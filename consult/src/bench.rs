@@ -366,6 +366,7 @@ impl Engine {
             .env("TWILIO_FROM_SMS", "+15005550006")
             .env("TWILIO_API_BASE", &twilio.base_url)
             .env("NOTIFY_FLOOD_LIMIT", "1000000/1h")
+            .env("BOOKING_LIMIT", "1000000/1h")
             .env("DATABASE_URL", url)
             .env("DATA_DIR", &data_dir)
             .env("BIND", format!("127.0.0.1:{port}"))
@@ -1049,6 +1050,7 @@ async fn notifications(
         expiry: None,
         reminder_offset_secs: None,
         reminder_is_final: false,
+        sender: "bench-patient".to_owned(),
     })?;
     let mut conn = sqlx::PgConnection::connect(url).await?;
     let before = twilio.count();

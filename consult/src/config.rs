@@ -166,6 +166,8 @@ pub struct Notifications {
     pub retry_max: Duration,
     /// `NOTIFY_FLOOD_LIMIT`, e.g. `20/1h`: at most that many messages to one recipient.
     pub flood: consult_reactors::FloodGuard,
+    /// `BOOKING_LIMIT`, e.g. `10/1h`: at most that many bookings by one patient (then 429).
+    pub booking_limit: consult_api::RateLimit,
     /// `JOB_LEASE`: how long a claimed job stays locked to its worker; a worker that dies
     /// mid-send leaves the job to others after this (the at-least-once window).
     pub job_lease: Duration,
@@ -189,6 +191,10 @@ impl Notifications {
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(3600),
             flood: consult_reactors::DispatcherOptions::default().flood,
+            booking_limit: consult_api::RateLimit {
+                limit: 10,
+                window: Duration::from_secs(3600),
+            },
             job_lease: Duration::from_secs(60),
             twilio: None,
             smtp: None,

@@ -61,6 +61,9 @@ struct NotificationArgs {
     /// At most this many messages to one recipient within the window, e.g. 20/1h.
     #[arg(long, env = "NOTIFY_FLOOD_LIMIT", default_value = "20/1h")]
     notify_flood_limit: String,
+    /// At most this many bookings by one patient within the window, e.g. 10/1h (then 429).
+    #[arg(long, env = "BOOKING_LIMIT", default_value = "10/1h")]
+    booking_limit: String,
     /// How long a claimed job stays locked to its worker (the at-least-once window after a crash).
     #[arg(long, env = "JOB_LEASE", default_value = "60s")]
     job_lease: String,
@@ -273,6 +276,17 @@ impl NotificationArgs {
                     message,
                 }
             })?;
+        let booking_limit =
+            consult_reactors::FloodGuard::parse(&self.booking_limit).map_err(|message| {
+                ConfigError::Invalid {
+                    name: "BOOKING_LIMIT",
+                    message,
+                }
+            })?;
+        n.booking_limit = consult_api::RateLimit {
+            limit: booking_limit.limit,
+            window: booking_limit.window,
+        };
         n.job_lease = parse_duration("JOB_LEASE", &self.job_lease)?;
         if let Some(outbox) = self.outbox_file.clone() {
             n.outbox = outbox;

@@ -38,7 +38,7 @@ macro_rules! in_tx {
     ($store:expr, $tx:ident => $body:expr) => {{
         match $store.db() {
             Db::Postgres(pool) => {
-                let mut transaction = pool.begin().await?;
+                let mut transaction = consult_store::BeginWrite::begin_write(pool).await?;
                 let value = {
                     let $tx = &mut Tx::Postgres(&mut transaction);
                     $body
@@ -47,7 +47,7 @@ macro_rules! in_tx {
                 value
             }
             Db::Sqlite(pool) => {
-                let mut transaction = pool.begin().await?;
+                let mut transaction = consult_store::BeginWrite::begin_write(pool).await?;
                 let value = {
                     let $tx = &mut Tx::Sqlite(&mut transaction);
                     $body
@@ -172,6 +172,17 @@ impl From<MediaOutcome> for Outcome {
     }
 }
 
+/// `2h`, `30m`, `45s`: a window as the settings write it.
+fn humanize(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -280,11 +291,9 @@ impl Dispatcher {
             .zip(allowed)
             .map(|(job, allowed)| self.run_job(job, allowed));
         let outcomes = futures_util::future::join_all(runs).await;
-        // One transaction for the batch's outcomes. If it fails (or this process dies first),
-        // the jobs stay `running` until their locks run out and run again: at least once.
-        if let Err(err) = self.record_all(&claimed, outcomes).await {
-            tracing::error!(error = %consult_store::error_chain(err.as_ref()), jobs = count, "cannot record the outcomes of a batch");
-        }
+        // If this process dies before the outcomes are recorded, the jobs stay `running` until
+        // their locks run out and run again: at least once.
+        self.record_all(&claimed, outcomes).await;
         Ok(count)
     }
 
@@ -292,8 +301,11 @@ impl Dispatcher {
         let kind = JobKind::parse(&job.kind);
         let outcome = match kind {
             Some(JobKind::Notify) if !allowed => Outcome::Dead(format!(
-                "flood guard: {} messages to this recipient within {:?} already",
-                self.options.flood.limit, self.options.flood.window
+                "flood guard: {} messages to this recipient about the same other party within \
+                 {} already (NOTIFY_FLOOD_LIMIT); not sent. If it is still wanted, retry it \
+                 from the dead letters",
+                self.options.flood.limit,
+                humanize(self.options.flood.window)
             )),
             Some(JobKind::Notify) => self.notify(job).await,
             Some(JobKind::Reminder) => self.reminder(job).await,
@@ -316,59 +328,72 @@ impl Dispatcher {
     }
 
     /// Whether each claimed job may be sent under the flood guard: messages already sent to its
-    /// recipient within the window (one query for the batch), plus those before it in the
-    /// batch, must stay under the limit.
+    /// recipient on its sender's account within the window (one query for the batch), plus
+    /// those before it in the batch, must stay under the limit. Counting per (sender,
+    /// recipient) keeps one party's flood from silencing everyone else's messages to the same
+    /// recipient.
     async fn flood_allowance(&self, claimed: &[Job]) -> Result<Vec<bool>, StoreError> {
-        let keys: Vec<Option<String>> = claimed
+        let keys: Vec<Option<(String, String)>> = claimed
             .iter()
             .map(|job| {
                 (job.kind == JobKind::Notify.as_str())
                     .then(|| serde_json::from_str::<NotifyPayload>(&job.payload).ok())
                     .flatten()
-                    .map(|p| reactor::recipient_key(&p.to))
+                    .map(|p| {
+                        (
+                            reactor::recipient_key(&p.to),
+                            reactor::sender_key(&p.sender),
+                        )
+                    })
             })
             .collect();
-        let mut wanted: Vec<String> = keys.iter().flatten().cloned().collect();
+        let mut wanted: Vec<(String, String)> = keys.iter().flatten().cloned().collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut counts: HashMap<String, i64> = HashMap::new();
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
         if !wanted.is_empty() {
             let since =
                 now_ms() - i64::try_from(self.options.flood.window.as_millis()).unwrap_or(0);
-            let rows: Vec<(String, i64)> = match self.store.db() {
+            let limit = i64::from(self.options.flood.limit);
+            let rows: Vec<(String, String, i64)> = match self.store.db() {
                 Db::Postgres(pool) => {
                     // Counted up to the limit only: what matters is whether it is reached,
                     // and a recipient with many messages in the window costs no more.
+                    let (recipients, senders): (Vec<String>, Vec<String>) =
+                        wanted.iter().cloned().unzip();
                     sqlx::query_as(
-                        "SELECT k, (SELECT count(*) FROM (SELECT 1 FROM notification_log \
-                                     WHERE recipient_key = k AND sent_at_ms >= $2 \
-                                     LIMIT $3) AS recent) \
-                           FROM unnest($1::text[]) AS k",
+                        "SELECT r, s, (SELECT count(*) FROM (SELECT 1 FROM notification_log \
+                                     WHERE recipient_key = r AND sender_key = s \
+                                       AND sent_at_ms >= $3 LIMIT $4) AS recent) \
+                           FROM unnest($1::text[], $2::text[]) AS k(r, s)",
                     )
-                    .bind(&wanted)
+                    .bind(&recipients)
+                    .bind(&senders)
                     .bind(since)
-                    .bind(i64::from(self.options.flood.limit))
+                    .bind(limit)
                     .fetch_all(pool)
                     .await?
                 }
                 Db::Sqlite(pool) => {
                     let mut rows = Vec::new();
-                    for key in &wanted {
+                    for (recipient, sender) in &wanted {
                         let count: i64 = sqlx::query_scalar(
                             "SELECT count(*) FROM (SELECT 1 FROM notification_log \
-                              WHERE recipient_key = $1 AND sent_at_ms >= $2 LIMIT $3)",
+                              WHERE recipient_key = $1 AND sender_key = $2 \
+                                AND sent_at_ms >= $3 LIMIT $4)",
                         )
-                        .bind(key)
+                        .bind(recipient)
+                        .bind(sender)
                         .bind(since)
-                        .bind(i64::from(self.options.flood.limit))
+                        .bind(limit)
                         .fetch_one(pool)
                         .await?;
-                        rows.push((key.clone(), count));
+                        rows.push((recipient.clone(), sender.clone(), count));
                     }
                     rows
                 }
             };
-            counts.extend(rows);
+            counts.extend(rows.into_iter().map(|(r, s, count)| ((r, s), count)));
         }
         let limit = i64::from(self.options.flood.limit);
         Ok(keys
@@ -440,30 +465,102 @@ impl Dispatcher {
         }
     }
 
-    /// Records every outcome of a batch in one transaction: on PostgreSQL two statements
-    /// whatever the batch's size.
-    async fn record_all(
-        &self,
-        claimed: &[Job],
-        outcomes: Vec<(Option<JobKind>, Outcome)>,
-    ) -> Result<(), HandlerError> {
+    /// Records every outcome of a batch: in one transaction (on PostgreSQL two statements
+    /// whatever the batch's size) and, if that fails for any reason but an outage, narrowed to
+    /// the job at fault by halving, as the subscriptions narrow a failing batch. A job whose
+    /// outcome cannot be recorded alone is dead-lettered with the reason, never run again by
+    /// itself: its lock running out would otherwise send it again, and again, every `lease`.
+    async fn record_all(&self, claimed: &[Job], outcomes: Vec<(Option<JobKind>, Outcome)>) {
         let now = now_ms();
         let settled: Vec<Settled> = claimed
             .iter()
             .zip(outcomes)
             .map(|(job, (kind, outcome))| self.settle(job, kind, outcome, now))
             .collect();
+        let mut parts: Vec<&[Settled]> = vec![&settled];
+        while let Some(part) = parts.pop() {
+            let Err(err) = self.record(part, now).await else {
+                continue;
+            };
+            let error = consult_store::error_chain(err.as_ref());
+            if consult_store::is_unavailable(err.as_ref()) {
+                // An outage: nothing can be recorded now. The jobs stay `running` until their
+                // locks run out and then run again (at least once); a job whose lock runs
+                // out `max_attempts` times is dead-lettered by the claim.
+                tracing::error!(%error, jobs = part.len(), "cannot record the outcomes of a batch");
+                continue;
+            }
+            match part {
+                [one] => self.record_unrecordable(one, &error, now).await,
+                _ => {
+                    tracing::warn!(%error, jobs = part.len(), "cannot record the outcomes of a batch; narrowing it");
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+            }
+        }
+    }
+
+    /// One transaction recording `settled`.
+    async fn record(&self, settled: &[Settled], now: i64) -> Result<(), HandlerError> {
         in_tx!(self.store, tx => {
             match tx {
-                Tx::Postgres(conn) => record_pg(conn, &self.owner, &settled, now).await?,
+                Tx::Postgres(conn) => record_pg(conn, &self.owner, settled, now).await?,
                 Tx::Sqlite(_) => {
-                    for one in &settled {
+                    for one in settled {
                         record_one(tx, &self.owner, one, now).await?;
                     }
                 }
             }
         });
         Ok(())
+    }
+
+    /// A job whose outcome cannot be recorded: dead-lettered with the reason (and what became
+    /// of it: a message that went out says so), so that it is never run again unasked. Its
+    /// notification log row follows if it can; an admin sees both.
+    async fn record_unrecordable(&self, one: &Settled, error: &str, now: i64) {
+        let sent = matches!(one.log, Some(("sent", _)));
+        let reason = if sent {
+            format!("sent, but its outcome could not be recorded: {error}")
+        } else {
+            format!(
+                "its outcome ({}) could not be recorded: {error}",
+                one.status
+            )
+        };
+        tracing::error!(job = %one.id, error = %reason, "job dead-lettered");
+        let result: Result<(), HandlerError> = async {
+            in_tx!(self.store, tx => {
+                jobs::fail(tx, &one.id, &self.owner, &reason, None, now).await?
+            });
+            Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::error!(job = %one.id, error = %consult_store::error_chain(err.as_ref()), "cannot dead-letter a job whose outcome could not be recorded");
+            return;
+        }
+        if one.log.is_none() {
+            return;
+        }
+        let log = Settled {
+            id: one.id.clone(),
+            status: "dead",
+            due_at: None,
+            error: Some(reason),
+            log: Some((if sent { "sent" } else { "dead" }, None)),
+            attempts: one.attempts,
+        };
+        let result: Result<(), HandlerError> = async {
+            in_tx!(self.store, tx => update_log(tx, &log, now).await?);
+            Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(job = %one.id, error = %consult_store::error_chain(err.as_ref()), "cannot update the notification log of a job whose outcome could not be recorded");
+        }
     }
 
     async fn notify(&self, job: &Job) -> Outcome {
@@ -731,12 +828,17 @@ async fn record_one(
             jobs::fail(tx, &one.id, owner, error, one.due_at, now).await?
         }
     };
+    match &one.log {
+        Some((status, _)) if *status == "sent" || held => update_log(tx, one, now).await,
+        _ => Ok(()),
+    }
+}
+
+/// Moves a notification's log row to `one`'s outcome.
+async fn update_log(tx: &mut Tx<'_>, one: &Settled, now: i64) -> Result<(), HandlerError> {
     let Some((status, provider_message_id)) = &one.log else {
         return Ok(());
     };
-    if *status != "sent" && !held {
-        return Ok(());
-    }
     const SQL: &str = "UPDATE notification_log SET status = $2, attempts = $3, \
                        provider_message_id = COALESCE($4, provider_message_id), \
                        sent_at_ms = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at_ms END, \

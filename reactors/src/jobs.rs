@@ -300,6 +300,7 @@ pub async fn claim(
     now_ms: i64,
 ) -> Result<Vec<Job>, StoreError> {
     let lock_until = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+    dead_letter_abandoned(store, now_ms).await?;
     let pg = matches!(store.db(), Db::Postgres(_));
     // SQLite has one writer at a time: nothing to skip.
     let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
@@ -308,7 +309,8 @@ pub async fn claim(
                 locked_until_ms = $2, updated_at_ms = $3 \
           WHERE id IN (SELECT id FROM jobs \
                         WHERE (status = 'pending' AND due_at_ms <= $3) \
-                           OR (status = 'running' AND locked_until_ms < $3) \
+                           OR (status = 'running' AND locked_until_ms < $3 \
+                               AND attempts < max_attempts) \
                         ORDER BY due_at_ms LIMIT $4{lock}) \
          RETURNING {}",
         columns(pg)
@@ -323,6 +325,36 @@ pub async fn claim(
             .await?
     });
     Ok(jobs)
+}
+
+/// Dead-letters running jobs whose lock ran out on their last attempt, instead of claiming
+/// them again: a job whose worker keeps dying on it, or keeps failing to record its outcome,
+/// would otherwise run (and a message be sent) once per lease for ever. Their notifications
+/// are marked `dead` with the same reason.
+async fn dead_letter_abandoned(store: &Store, now_ms: i64) -> Result<(), StoreError> {
+    const JOBS: &str = "UPDATE jobs SET status = 'dead', locked_by = NULL, updated_at_ms = $1, \
+                               finished_at_ms = $1, \
+                               last_error = 'attempt ' || attempts || ' of ' || max_attempts || \
+                                 ' never finished: its worker stopped or could not record the \
+                                 outcome before its lock ran out; not run again' \
+                         WHERE status = 'running' AND locked_until_ms < $1 \
+                           AND attempts >= max_attempts \
+                     RETURNING id, kind, last_error";
+    const LOG: &str = "UPDATE notification_log SET status = 'dead', last_error = $2, \
+                              updated_at_ms = $3 \
+                        WHERE id = $1 AND status NOT IN ('sent', 'delivered')";
+    let abandoned: Vec<(String, String, String)> = with_pool!(store.db(), pool => {
+        sqlx::query_as(JOBS).bind(now_ms).fetch_all(pool).await?
+    });
+    for (id, kind, error) in abandoned {
+        tracing::warn!(job = %id, %kind, %error, "job dead-lettered");
+        if kind == JobKind::Notify.as_str() {
+            with_pool!(store.db(), pool => {
+                sqlx::query(LOG).bind(&id).bind(&error).bind(now_ms).execute(pool).await.map(|_| ())?
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The earliest time a pending job is due, if any.

@@ -134,6 +134,11 @@ pub struct NotifyPayload {
     pub expiry: Option<String>,
     pub reminder_offset_secs: Option<u64>,
     pub reminder_is_final: bool,
+    /// The other party of the consultation (the patient for a message to the provider, and
+    /// the other way round), on whose account the message is sent: the flood guard counts per
+    /// (sender, recipient). Empty in jobs queued before it existed.
+    #[serde(default)]
+    pub sender: String,
 }
 
 /// A reminder timer's payload.
@@ -175,6 +180,16 @@ fn millis(at: DateTime<Utc>) -> i64 {
 /// The hash the flood guard counts a recipient by.
 pub fn recipient_key(to: &str) -> String {
     let digest = Sha256::digest(to.trim().to_lowercase().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash the flood guard counts a sender by (empty for jobs queued before senders were
+/// recorded, which are then counted together).
+pub fn sender_key(sender: &str) -> String {
+    if sender.is_empty() {
+        return String::new();
+    }
+    let digest = Sha256::digest(sender.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -505,8 +520,8 @@ pub(crate) async fn insert_log(
     let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
     const SQL: &str = "INSERT INTO notification_log (id, consultation_id, recipient_role, \
                        channel, kind, recipient_masked, status, attempts, scheduled_for_ms, \
-                       updated_at_ms, recipient_key) \
-                       VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $9) \
+                       updated_at_ms, recipient_key, sender_key) \
+                       VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $9, $10) \
                        ON CONFLICT (id) DO NOTHING";
     with_tx!(tx, conn => {
         sqlx::query(SQL)
@@ -519,6 +534,7 @@ pub(crate) async fn insert_log(
             .bind(job.due_at_ms)
             .bind(now_ms)
             .bind(recipient_key(&payload.to))
+            .bind(sender_key(&payload.sender))
             .execute(conn)
             .await
             .map(|_| ())?
@@ -537,11 +553,11 @@ async fn insert_logs(tx: &mut Tx<'_>, jobs: &[&NewJob], now_ms: i64) -> Result<(
         }
         return Ok(());
     };
-    let mut columns: [Vec<String>; 7] = Default::default();
+    let mut columns: [Vec<String>; 8] = Default::default();
     let mut scheduled = Vec::with_capacity(jobs.len());
     for job in jobs {
         let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
-        let [id, consultation, role, channel, kind, masked, key] = &mut columns;
+        let [id, consultation, role, channel, kind, masked, key, sender] = &mut columns;
         id.push(job.id.clone());
         consultation.push(job.consultation_id.clone());
         role.push(payload.recipient.as_str().to_owned());
@@ -549,18 +565,20 @@ async fn insert_logs(tx: &mut Tx<'_>, jobs: &[&NewJob], now_ms: i64) -> Result<(
         kind.push(payload.kind.as_str().to_owned());
         masked.push(mask(&payload.to));
         key.push(recipient_key(&payload.to));
+        sender.push(sender_key(&payload.sender));
         scheduled.push(job.due_at_ms);
     }
     const SQL: &str = "INSERT INTO notification_log (id, consultation_id, recipient_role, \
                        channel, kind, recipient_masked, status, attempts, scheduled_for_ms, \
-                       updated_at_ms, recipient_key) \
+                       updated_at_ms, recipient_key, sender_key) \
                        SELECT id, consultation_id, role, channel, kind, masked, 'pending', 0, \
-                              scheduled, $9, key \
+                              scheduled, $9, key, sender \
                          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                     $6::text[], $7::text[], $8::bigint[]) \
-                              AS t(id, consultation_id, role, channel, kind, masked, key, scheduled) \
+                                     $6::text[], $7::text[], $8::bigint[], $10::text[]) \
+                              AS t(id, consultation_id, role, channel, kind, masked, key, scheduled, \
+                                   sender) \
                        ON CONFLICT (id) DO NOTHING";
-    let [id, consultation, role, channel, kind, masked, key] = &columns;
+    let [id, consultation, role, channel, kind, masked, key, sender] = &columns;
     sqlx::query(SQL)
         .bind(id)
         .bind(consultation)
@@ -571,6 +589,7 @@ async fn insert_logs(tx: &mut Tx<'_>, jobs: &[&NewJob], now_ms: i64) -> Result<(
         .bind(key)
         .bind(&scheduled)
         .bind(now_ms)
+        .bind(sender)
         .execute(&mut **conn)
         .await?;
     Ok(())
@@ -877,6 +896,10 @@ fn notify_jobs(
                 expiry: notice.expiry.clone(),
                 reminder_offset_secs: notice.reminder.map(|r| r.0.as_secs()),
                 reminder_is_final: notice.reminder.is_some_and(|r| r.1),
+                sender: match to {
+                    Recipient::Patient => booking.provider_id.as_str().to_owned(),
+                    Recipient::Provider => booking.patient_id.as_str().to_owned(),
+                },
             };
             NewJob {
                 id: uuid::Uuid::new_v4().to_string(),

@@ -41,7 +41,7 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        if is_unavailable(&err) {
+        if sqlx_unavailable(&err) {
             Self::Unavailable(Box::new(err))
         } else {
             Self::Unexpected(Box::new(err))
@@ -49,9 +49,26 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Whether an error, or one of its causes, is a database outage ("cannot reach or use the
+/// database right now") rather than a failure that would happen again ("this statement is
+/// wrong").
+pub fn is_unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(store) = err.downcast_ref::<StoreError>() {
+            return store.is_unavailable();
+        }
+        if let Some(sqlx) = err.downcast_ref::<sqlx::Error>() {
+            return sqlx_unavailable(sqlx);
+        }
+        current = err.source();
+    }
+    false
+}
+
 /// Whether a database error means "cannot reach or use the database right now" rather than
 /// "this statement is wrong".
-fn is_unavailable(err: &sqlx::Error) -> bool {
+fn sqlx_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -25,6 +25,7 @@ mod idempotency;
 mod log;
 mod metadata;
 mod pg_repository;
+mod rate_limit;
 mod subscription;
 
 use std::str::FromStr;
@@ -39,12 +40,13 @@ use tokio::sync::watch;
 pub use chain::{
     event_hash, Break, ChainSealer, Sealed, VerifyReport, CHAIN_SUBSCRIPTION, GENESIS,
 };
-pub use error::{error_chain, ExecuteError, StoreError};
+pub use error::{error_chain, is_unavailable, ExecuteError, StoreError};
 pub use execute::{Committed, Loaded};
 pub use files::{private_dir, private_file};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use log::{Checkpoint, LogBatch, RecordedEvent};
 pub use metadata::Metadata;
+pub use rate_limit::WindowCount;
 pub use subscription::{
     BoxFuture, Flush, Handler, HandlerError, Replay, Runner, RunnerOptions, SubscriptionStatus, Tx,
     FIRST_BATCH, LAG_COUNT_CAP,
@@ -99,6 +101,39 @@ async fn out_of_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, s
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Opens a transaction that will write: on SQLite `BEGIN IMMEDIATE`, which takes the write lock
+/// up front and so waits on the busy timeout when another connection holds it.
+///
+/// A deferred SQLite transaction (plain `BEGIN`) that reads first and writes later cannot wait:
+/// if another connection committed since its read began, its upgrade to a writer fails at once
+/// with `database is locked` (SQLITE_BUSY_SNAPSHOT), whatever the busy timeout. Every
+/// transaction of ours that writes goes through here; PostgreSQL's plain `BEGIN` is kept.
+pub trait BeginWrite {
+    type Database: sqlx::Database;
+
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
+    > + Send;
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
 }
 
 /// The event store and the few tables that live beside it.

@@ -231,7 +231,7 @@ macro_rules! fenced {
     ($store:expr, $tx:ident => $work:expr, $conn:ident => $update:expr) => {{
         macro_rules! on {
             ($pool:expr, $variant:ident) => {{
-                let mut transaction = $pool.begin().await?;
+                let mut transaction = $crate::BeginWrite::begin_write($pool).await?;
                 if matches!($store.db, Db::Postgres(_)) {
                     sqlx::query("SET LOCAL synchronous_commit = off")
                         .execute(&mut *transaction)

@@ -196,6 +196,7 @@ pub async fn book(
                 message: "no provider is registered under this id".to_owned(),
             });
         };
+        limit_bookings(&state, &caller, now).await?;
         // The fee as it is now is the price of this booking.
         booking.price = provider.fee;
         let id = booking_id(&caller, ctx.idempotency_key.as_deref());
@@ -225,6 +226,38 @@ pub async fn book(
         })
     })
     .await
+}
+
+/// Counts a patient's booking against `BOOKING_LIMIT`: past the limit, 429 with the time left
+/// in the window. One patient's bookings thus cannot flood a provider's inbox (the flood guard
+/// would then drop messages) nor its calendar. Counted only for a booking that is otherwise
+/// valid, so a client fixing its mistakes is not locked out.
+async fn limit_bookings(
+    state: &AppState,
+    caller: &Caller,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
+    let limit = state.booking_limit;
+    let now_ms = now.timestamp_millis();
+    let counted = state
+        .store
+        .count_request(&format!("book:{}", caller.id), limit.window, now_ms)
+        .await?;
+    if counted.count <= i64::from(limit.limit) {
+        return Ok(());
+    }
+    tracing::warn!(
+        limit = limit.limit,
+        "booking refused: the patient's booking limit is reached"
+    );
+    Err(ApiError::RateLimited {
+        message: format!(
+            "at most {} bookings per patient within {} minutes; retry after the time in Retry-After",
+            limit.limit,
+            limit.window.as_secs().div_ceil(60)
+        ),
+        retry_after: counted.remaining(limit.window, now_ms),
+    })
 }
 
 /// Runs one command on an existing consultation for a caller allowed to give it.

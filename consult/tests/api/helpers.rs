@@ -156,6 +156,29 @@ impl TestDb {
         self.value(sql).await
     }
 
+    /// Runs one statement (`sql` may hold several on SQLite, one on PostgreSQL).
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Executor as _;
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.url)
+                    .await
+                    .expect("open sqlite");
+                let done = pool.execute(sql).await;
+                pool.close().await;
+                done.expect("statement runs");
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url)
+                    .await
+                    .expect("open postgres");
+                let done = pool.execute(sql).await;
+                pool.close().await;
+                done.expect("statement runs");
+            }
+        }
+    }
+
     async fn value<T>(&self, sql: &str) -> T
     where
         T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
@@ -314,6 +337,16 @@ impl TestApp {
         self.stop().await;
         self.owns_db = false;
         start(self.db.clone()).await
+    }
+
+    /// Stops the server gracefully and starts a new one on the same database, with the test
+    /// configuration that `adjust` changes.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        self.stop().await;
+        self.owns_db = false;
+        let mut config = config(&self.db);
+        adjust(&mut config);
+        start_with(self.db.clone(), config).await
     }
 
     pub async fn stop(&mut self) {

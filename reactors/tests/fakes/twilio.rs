@@ -46,8 +46,11 @@ pub const CALL_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "complet
 /// How the fake answers requests that pass validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TwilioBehavior {
-    /// `201 Created` with a message resource (the default).
+    /// `201 Created` with a message resource (the default), each with a sid of its own.
     Accept,
+    /// `201 Created` with this one sid for every message, as Twilio's published examples (and
+    /// a mock built from them) answer.
+    AcceptWithSid(String),
     /// Answer with this status and a Twilio error body (e.g. 500, 503, 429).
     Fail(u16),
     /// Wait this long before accepting (to outlast the client's timeout).
@@ -284,10 +287,11 @@ async fn create_message(
     let response = match outcome {
         Err(refusal) => twilio_error(refusal.status, refusal.code, &refusal.message),
         Ok(()) => match behavior {
-            TwilioBehavior::Accept => accept(&mut received),
+            TwilioBehavior::Accept => accept(&mut received, None),
+            TwilioBehavior::AcceptWithSid(sid) => accept(&mut received, Some(sid)),
             TwilioBehavior::Hang(delay) => {
                 tokio::time::sleep(delay).await;
-                accept(&mut received)
+                accept(&mut received, None)
             }
             TwilioBehavior::Fail(status) => twilio_error(status, 20500, "Internal Server Error"),
             TwilioBehavior::Reject {
@@ -343,7 +347,7 @@ async fn create_call(
     let response = match outcome {
         Err(refusal) => twilio_error(refusal.status, refusal.code, &refusal.message),
         Ok(()) => match behavior {
-            TwilioBehavior::Accept => accept_call(&mut received),
+            TwilioBehavior::Accept | TwilioBehavior::AcceptWithSid(_) => accept_call(&mut received),
             TwilioBehavior::Hang(delay) => {
                 tokio::time::sleep(delay).await;
                 accept_call(&mut received)
@@ -566,8 +570,8 @@ pub fn is_absolute_url(url: &str) -> bool {
         && !url.contains(char::is_whitespace)
 }
 
-fn accept(received: &mut ReceivedRequest) -> Response {
-    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+fn accept(received: &mut ReceivedRequest, sid: Option<String>) -> Response {
+    let sid = sid.unwrap_or_else(|| format!("SM{}", uuid::Uuid::new_v4().simple()));
     received.sid = Some(sid.clone());
     let field = |name: &str| received.field(name).unwrap_or_default().to_owned();
     let body = json!({

@@ -260,7 +260,7 @@ async fn handle(
         match form {
             None => twilio_error(400, 20001, "Malformed form body"),
             Some(form) => match behavior {
-                TwilioBehavior::Accept => answer(shared, &form),
+                TwilioBehavior::Accept | TwilioBehavior::AcceptWithSid(_) => answer(shared, &form),
                 TwilioBehavior::Hang(delay) => {
                     tokio::time::sleep(delay).await;
                     answer(shared, &form)
