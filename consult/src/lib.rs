@@ -134,7 +134,6 @@ impl Application {
             },
             metrics_token: config.http.metrics_token.clone(),
             max_token_lifetime: config.http.max_token_lifetime,
-            booking_limit: config.notifications.booking_limit,
         };
         let payments: Arc<dyn consult_reactors::payments::PaymentProvider> = match &config
             .payments
@@ -369,7 +368,7 @@ fn live(channel: &str, provider: &str, api_base: &str) {
 
 /// Says at start-up that `channel` writes to the outbox file.
 fn to_outbox(channel: &str, outbox: &std::path::Path) {
-    tracing::warn!(channel, outbox = %outbox.display(), "channel writes to the outbox file (no credentials)");
+    tracing::warn!(channel, outbox = %outbox.display(), "channel writes to the outbox file (no credentials or no sender configured)");
 }
 
 /// `host[:port]` of a URL, without user, password, path or query.
