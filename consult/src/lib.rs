@@ -134,6 +134,7 @@ impl Application {
             },
             metrics_token: config.http.metrics_token.clone(),
             max_token_lifetime: config.http.max_token_lifetime,
+            booking_limit: config.notifications.booking_limit,
         };
         let payments: Arc<dyn consult_reactors::payments::PaymentProvider> = match &config
             .payments
