@@ -44,14 +44,19 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// A fresh directory under the system's temporary directory, removed on drop.
+/// A fresh temporary directory, removed on drop.
 #[derive(Debug)]
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(prefix: &str) -> Self {
+        Self::within(&std::env::temp_dir(), prefix)
+    }
+
+    /// A fresh directory under `base`.
+    fn within(base: &Path, prefix: &str) -> Self {
         let simple = uuid::Uuid::new_v4().simple().to_string();
-        let path = std::env::temp_dir().join(format!("{prefix}_{}", &simple[..12]));
+        let path = base.join(format!("{prefix}_{}", &simple[..12]));
         std::fs::create_dir_all(&path).expect("create a temporary directory");
         Self(path)
     }
@@ -63,6 +68,46 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether every user may pass through `path` and each directory above it.
+fn traversable_by_all(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::canonicalize(path).is_ok_and(|path| {
+        path.ancestors().all(|dir| {
+            std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 != 0)
+        })
+    })
+}
+
+/// A directory in which what is made 0755 can be reached by every user: the system's
+/// temporary directory, or `/tmp` when that one is private.
+fn reachable_base() -> PathBuf {
+    [std::env::temp_dir(), PathBuf::from("/tmp")]
+        .into_iter()
+        .find(|dir| traversable_by_all(dir))
+        .expect("a temporary directory that every user can reach")
+}
+
+/// A copy of the engine's binary that another user can run, in a fresh 0755 directory that
+/// every user can reach (the build's own copy may sit under a directory only its owner can
+/// enter); removed on drop.
+#[derive(Debug)]
+struct SharedBinary {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl SharedBinary {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::within(&reachable_base(), "consult_bin");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = dir.0.join("consult");
+        std::fs::copy(env!("CARGO_BIN_EXE_consult"), &path).expect("copy the binary");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self { dir, path }
+    }
+}
+
 /// `consult serve` (API and workers) on `port`, with a clean environment; the caller adds the
 /// database. `file_size_limit` runs it under `prlimit --fsize`.
 fn serve_command(
@@ -70,14 +115,28 @@ fn serve_command(
     port: u16,
     file_size_limit: Option<u64>,
 ) -> tokio::process::Command {
+    serve_command_of(
+        Path::new(env!("CARGO_BIN_EXE_consult")),
+        data_dir,
+        port,
+        file_size_limit,
+    )
+}
+
+/// [`serve_command`] running the binary at `binary`.
+fn serve_command_of(
+    binary: &Path,
+    data_dir: &Path,
+    port: u16,
+    file_size_limit: Option<u64>,
+) -> tokio::process::Command {
     let mut command = match file_size_limit {
         Some(bytes) => {
             let mut c = tokio::process::Command::new("prlimit");
-            c.arg(format!("--fsize={bytes}:{bytes}"))
-                .arg(env!("CARGO_BIN_EXE_consult"));
+            c.arg(format!("--fsize={bytes}:{bytes}")).arg(binary);
             c
         }
-        None => tokio::process::Command::new(env!("CARGO_BIN_EXE_consult")),
+        None => tokio::process::Command::new(binary),
     };
     command
         .arg("serve")
@@ -1108,21 +1167,30 @@ async fn integrity(pool: &sqlx::SqlitePool) -> String {
 }
 
 /// The engine started by a user who may not write the SQLite file or its directory (as root:
-/// `nobody`; otherwise the file and directory are made read-only). Asserted: it exits non-zero
-/// within 15 s with an `error:` line that names the database and the read-only/permission
-/// problem, without a panic; or, should it start, writes answer 503 `storage_unavailable` and
-/// reads 200. The file is unchanged and passes `integrity_check`. A data directory that cannot
-/// be created is likewise refused with a message naming it.
+/// `nobody`, running a copy of the binary in a directory every user can reach, whatever
+/// directory the build lives in; otherwise the file and directory are made read-only).
+/// Asserted: it exits non-zero within 15 s with an `error:` line that names the database and
+/// the read-only/permission problem, without a panic; or, should it start, writes answer 503
+/// `storage_unavailable` and reads 200. The file is unchanged and passes `integrity_check`. A
+/// data directory that cannot be created is likewise refused with a message naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_sqlite_file_is_refused_clearly() {
-    let dir = TempDir::new("consult_ro");
+    let root = running_as_root();
+    // As root the engine runs as `nobody`, who must reach its binary and the directories.
+    let (dir, binary) = if root {
+        (
+            TempDir::within(&reachable_base(), "consult_ro"),
+            Some(SharedBinary::new()),
+        )
+    } else {
+        (TempDir::new("consult_ro"), None)
+    };
     let data = dir.0.join("data");
     migrate_sqlite(&data).await;
     let db = data.join("consult.db");
     let before = std::fs::read(&db).expect("the database file");
     let outbox = dir.0.join("outbox");
     std::fs::create_dir_all(&outbox).expect("outbox dir");
-    let root = running_as_root();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
@@ -1132,18 +1200,28 @@ async fn a_read_only_sqlite_file_is_refused_clearly() {
             // `nobody` must reach the directory.
             std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
+            assert!(
+                traversable_by_all(&dir.0),
+                "{} is reachable",
+                dir.0.display()
+            );
         }
     }
-    let unprivileged = |command: &mut tokio::process::Command| {
-        if root {
-            command.uid(NOBODY).gid(NOBODY);
-        }
+    let command_for = |data_dir: &Path, port: u16| {
+        let mut command = match &binary {
+            Some(shared) => {
+                let mut command = serve_command_of(&shared.path, data_dir, port, None);
+                command.uid(NOBODY).gid(NOBODY).current_dir(&shared.dir.0);
+                command
+            }
+            None => serve_command(data_dir, port, None),
+        };
+        command.env("OUTBOX_FILE", outbox.join("outbox.jsonl"));
+        command
     };
 
     let port = free_port();
-    let mut command = serve_command(&data, port, None);
-    command.env("OUTBOX_FILE", outbox.join("outbox.jsonl"));
-    unprivileged(&mut command);
+    let command = command_for(&data, port);
     let started = Instant::now();
     let mut engine = Engine::spawn(command, port);
     match engine.ready(Duration::from_secs(15)).await {
@@ -1203,9 +1281,7 @@ async fn a_read_only_sqlite_file_is_refused_clearly() {
 
     // A data directory that cannot be created.
     let port = free_port();
-    let mut command = serve_command(&data.join("sub"), port, None);
-    command.env("OUTBOX_FILE", outbox.join("outbox.jsonl"));
-    unprivileged(&mut command);
+    let command = command_for(&data.join("sub"), port);
     let mut engine = Engine::spawn(command, port);
     let refused = engine.ready(Duration::from_secs(15)).await;
     assert!(refused.is_err(), "the engine cannot start");

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
 /// The payment webhook secret of every test engine.
 pub const PAYMENT_SECRET: &str = "whsec_test_0123456789abcdef0123456789abcdef";
+/// How long [`TestApp::read`] asks again while the projection has not reached its position.
+pub const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -398,18 +400,27 @@ impl TestApp {
     }
 
     /// Reads its own writes: a GET with `?after=` the log's head, as a client passes the
-    /// position of its last command.
+    /// position of its last command. An answer marked stale (the server waits a bounded time
+    /// for the projection, which a busy machine or another database's long transaction on the
+    /// same PostgreSQL server can hold back) is asked again, as a client would, for up to
+    /// [`READ_PATIENCE`].
     pub async fn read(&self, path: &str, token: &str) -> Response {
         let head = self.db.head_position().await;
         let separator = if path.contains('?') { '&' } else { '?' };
-        let response = self
-            .get(&format!("{path}{separator}after={head}"), token)
-            .await;
-        assert!(
-            response.headers().get("x-projection-stale").is_none(),
-            "the projection did not reach position {head} within the wait"
-        );
-        response
+        let deadline = std::time::Instant::now() + READ_PATIENCE;
+        loop {
+            let response = self
+                .get(&format!("{path}{separator}after={head}"), token)
+                .await;
+            if response.headers().get("x-projection-stale").is_none() {
+                return response;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the projection did not reach position {head} within {READ_PATIENCE:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn register_provider(&self, id: &str) {
