@@ -18,17 +18,6 @@ mod fakes;
 use fakes::smtp::SmtpFake;
 use fakes::twilio::{TwilioBehavior, TwilioFake, AUTH_TOKEN, FROM_SMS, FROM_WHATSAPP};
 
-async fn items(app: &TestApp, id: &str) -> Vec<Value> {
-    let admin = app.token(Role::Admin, "admin-1");
-    let body: Value = app
-        .get(&format!("/v1/consultations/{id}/notifications"), &admin)
-        .await
-        .json()
-        .await
-        .expect("json");
-    body["items"].as_array().cloned().unwrap_or_default()
-}
-
 fn find<'a>(items: &'a [Value], recipient: &str, kind: &str, channel: &str) -> Option<&'a Value> {
     items
         .iter()
@@ -159,8 +148,13 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
     let sid = whatsapp.sid.clone().expect("a message sid");
     assert!(
         eventually(Duration::from_secs(5), || async {
-            find(&items(&app, &id).await, "patient", "accepted", "whatsapp")
-                .is_some_and(|n| n["status"] == "sent" && n["provider_message_id"] == sid.as_str())
+            find(
+                &app.notifications(&id).await,
+                "patient",
+                "accepted",
+                "whatsapp",
+            )
+            .is_some_and(|n| n["status"] == "sent" && n["provider_message_id"] == sid.as_str())
         })
         .await
     );
@@ -178,19 +172,25 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
     let status = |items: Vec<Value>| {
         find(&items, "patient", "accepted", "whatsapp").map(|n| n["status"].clone())
     };
-    assert_eq!(status(items(&app, &id).await), Some(json!("sent")));
+    assert_eq!(status(app.notifications(&id).await), Some(json!("sent")));
     assert_eq!(
         callback(&app, &delivered, Some(sign(&delivered))).await,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(status(items(&app, &id).await), Some(json!("delivered")));
+    assert_eq!(
+        status(app.notifications(&id).await),
+        Some(json!("delivered"))
+    );
     // A late, out-of-order "sent" does not undo "delivered".
     let late = [("MessageSid", sid.as_str()), ("MessageStatus", "sent")];
     assert_eq!(
         callback(&app, &late, Some(sign(&late))).await,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(status(items(&app, &id).await), Some(json!("delivered")));
+    assert_eq!(
+        status(app.notifications(&id).await),
+        Some(json!("delivered"))
+    );
 
     // Twilio fails: the texts of the cancellation are retried with backoff, then dead-lettered.
     twilio.set_behavior(TwilioBehavior::Fail(500));
@@ -233,7 +233,7 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
         );
         assert_eq!(letter["consultation_id"], id.as_str());
     }
-    let log = items(&app, &id).await;
+    let log = app.notifications(&id).await;
     for recipient in ["patient", "provider"] {
         let channel = if recipient == "patient" {
             "whatsapp"
@@ -273,7 +273,7 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let log = items(&app, &id).await;
+            let log = app.notifications(&id).await;
             find(&log, "patient", "cancelled", "whatsapp").is_some_and(|n| n["status"] == "sent")
                 && find(&log, "provider", "cancelled", "sms").is_some_and(|n| n["status"] == "sent")
         })

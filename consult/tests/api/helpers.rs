@@ -423,6 +423,17 @@ impl TestApp {
         }
     }
 
+    /// A consultation's notification log, as an admin reads it.
+    pub async fn notifications(&self, id: &str) -> Vec<Value> {
+        let admin = self.token(Role::Admin, "admin-1");
+        let response = self
+            .get(&format!("/v1/consultations/{id}/notifications"), &admin)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "notifications of {id}");
+        let body: Value = response.json().await.expect("json");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
     pub async fn register_provider(&self, id: &str) {
         let admin = self.token(Role::Admin, "admin-1");
         let response = self.post("/v1/providers", &admin, &provider_body(id)).await;

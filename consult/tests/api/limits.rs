@@ -11,20 +11,9 @@ use serde_json::Value;
 use crate::helpers::{assert_problem, booking, eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
-async fn notifications(app: &TestApp, id: &str) -> Vec<Value> {
-    let admin = app.token(Role::Admin, "admin-1");
-    let body: Value = app
-        .get(&format!("/v1/consultations/{id}/notifications"), &admin)
-        .await
-        .json()
-        .await
-        .expect("json");
-    body["items"].as_array().cloned().unwrap_or_default()
-}
-
 /// Whether every notification of `id` is finished, one way or the other.
 async fn settled(app: &TestApp, id: &str) -> bool {
-    let items = notifications(app, id).await;
+    let items = app.notifications(id).await;
     !items.is_empty() && items.iter().all(|n| n["status"] != "pending")
 }
 
@@ -115,7 +104,7 @@ async fn one_patient_cannot_silence_a_provider(backend: Backend) {
             .filter(|n| n["recipient_role"] == "provider")
             .collect()
     };
-    let dropped = provider_items(notifications(&app, &flood[2]).await);
+    let dropped = provider_items(app.notifications(&flood[2]).await);
     assert!(!dropped.is_empty());
     for item in &dropped {
         assert_eq!(item["status"], "dead", "{item}");
@@ -128,7 +117,7 @@ async fn one_patient_cannot_silence_a_provider(backend: Backend) {
 
     let other = app.book("pat-other", "prov-1", 40).await;
     assert!(eventually(Duration::from_secs(10), || settled(&app, &other)).await);
-    let heard = provider_items(notifications(&app, &other).await);
+    let heard = provider_items(app.notifications(&other).await);
     assert!(!heard.is_empty());
     assert!(
         heard.iter().all(|n| n["status"] == "sent"),

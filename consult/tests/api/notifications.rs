@@ -26,16 +26,6 @@ fn outbox(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-async fn notifications(app: &TestApp, id: &str) -> Vec<Value> {
-    let admin = app.token(Role::Admin, "admin-1");
-    let response = app
-        .get(&format!("/v1/consultations/{id}/notifications"), &admin)
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.expect("json");
-    body["items"].as_array().expect("items").clone()
-}
-
 /// `(recipient, kind, channel)` of the sent notifications.
 fn sent(items: &[Value]) -> Vec<(String, String, String)> {
     let mut sent: Vec<(String, String, String)> = items
@@ -144,7 +134,7 @@ async fn every_step_tells_the_right_party_once(backend: Backend) {
             let mut expected = expected;
             expected.sort();
             eventually(Duration::from_secs(10), || async {
-                sent(&notifications(app, &id).await) == expected
+                sent(&app.notifications(&id).await) == expected
             })
             .await
         }
@@ -186,7 +176,7 @@ async fn every_step_tells_the_right_party_once(backend: Backend) {
         "both hear of the cancellation"
     );
 
-    let items = notifications(&app, &id).await;
+    let items = app.notifications(&id).await;
     for item in &items {
         let recipient = item["recipient"].as_str().expect("recipient");
         assert!(
@@ -257,7 +247,7 @@ async fn every_step_tells_the_right_party_once(backend: Backend) {
         expected.len(),
         "nothing sent again"
     );
-    assert_eq!(notifications(&app, &id).await.len(), expected.len());
+    assert_eq!(app.notifications(&id).await.len(), expected.len());
 
     // Job outcomes are on /metrics.
     let text = app
@@ -350,17 +340,17 @@ async fn reminders_follow_reschedules_and_cancellations(backend: Backend) {
     ];
     assert!(
         eventually(Duration::from_secs(40), || async {
-            reminders(notifications(&app, &kept).await) == both
-                && reminders(notifications(&app, &moved).await) == both
+            reminders(app.notifications(&kept).await) == both
+                && reminders(app.notifications(&moved).await) == both
         })
         .await,
         "each reminder arrives on each channel: kept {:?}, moved {:?}; timers {:#?}",
-        reminders(notifications(&app, &kept).await),
-        reminders(notifications(&app, &moved).await),
+        reminders(app.notifications(&kept).await),
+        reminders(app.notifications(&moved).await),
         timers(&app).await
     );
     // The old starts are hours away: their reminder timers must be cancelled, not pending.
-    assert!(reminders(notifications(&app, &cancelled).await).is_empty());
+    assert!(reminders(app.notifications(&cancelled).await).is_empty());
     let timers = |id: &str, status: &str| {
         format!("SELECT count(*) FROM jobs WHERE consultation_id = '{id}' AND kind = 'reminder' AND status = '{status}'")
     };
@@ -369,7 +359,7 @@ async fn reminders_follow_reschedules_and_cancellations(backend: Backend) {
     assert_eq!(app.db.scalar(&timers(&moved, "pending")).await, 0);
     assert_eq!(app.db.scalar(&timers(&cancelled, "cancelled")).await, 2);
     assert_eq!(app.db.scalar(&timers(&cancelled, "pending")).await, 0);
-    let moved_items = notifications(&app, &moved).await;
+    let moved_items = app.notifications(&moved).await;
     assert_eq!(
         moved_items
             .iter()
@@ -437,13 +427,13 @@ async fn a_flood_of_messages_to_one_recipient_is_stopped(backend: Backend) {
         let id = ids.last().expect("id").clone();
         assert!(
             eventually(Duration::from_secs(10), || async {
-                let items = notifications(&app, &id).await;
+                let items = app.notifications(&id).await;
                 items.len() == 2 && items.iter().all(|n| n["status"] != "pending")
             })
             .await
         );
     }
-    let last = notifications(&app, &ids[2]).await;
+    let last = app.notifications(&ids[2]).await;
     for item in &last {
         assert_eq!(item["status"], "dead", "{item}");
         assert!(item["last_error"]
@@ -451,7 +441,8 @@ async fn a_flood_of_messages_to_one_recipient_is_stopped(backend: Backend) {
             .is_some_and(|e| e.contains("flood guard")));
     }
     for id in &ids[..2] {
-        assert!(notifications(&app, id)
+        assert!(app
+            .notifications(id)
             .await
             .iter()
             .all(|n| n["status"] == "sent"));
@@ -519,7 +510,7 @@ async fn deadlines_expire_unaccepted_and_unpaid_consultations(backend: Backend) 
     for id in [&unaccepted, &unpaid] {
         assert!(
             eventually(Duration::from_secs(10), || async {
-                sent(&notifications(&app, id).await)
+                sent(&app.notifications(id).await)
                     .into_iter()
                     .filter(|(_, kind, _)| kind == "expired")
                     .collect::<Vec<_>>()
