@@ -68,9 +68,11 @@ fn count(stream: &[(i64, String)], kind: &str) -> usize {
     stream.iter().filter(|(_, t)| t == kind).count()
 }
 
+/// The consultation as an admin reads it, with `?after` the log's head: it reads the test's own
+/// writes.
 async fn consultation(app: &TestApp, id: &str) -> Value {
     let admin = app.token(Role::Admin, "admin-1");
-    app.get(&format!("/v1/consultations/{id}"), &admin)
+    app.read(&format!("/v1/consultations/{id}"), &admin)
         .await
         .json()
         .await
@@ -346,9 +348,20 @@ async fn a_declined_payment_is_refunded_once(backend: Backend) {
 
     // A replay of the refunds reactor asks for nothing more.
     consult_store_rewind(&app, "refunds").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replayed = caught_up(&app, "refunds", |s| {
+        s["applied_since_reset"].as_i64() > Some(0)
+    })
+    .await;
+    assert!(replayed, "the refunds reactor replayed the log to its head");
     assert_eq!(fake.refunds().len(), 1, "still one refund");
     assert_eq!(count(&app.db.stream(&id).await, "RefundRequested"), 1);
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(*) FROM jobs WHERE kind = 'refund'")
+            .await,
+        1,
+        "the replay queued no second refund job"
+    );
 
     let refunded = event(
         "evt_refunded",
@@ -411,12 +424,22 @@ async fn late_patient_cancellations_are_not_refunded(backend: Backend) {
     })
     .await;
     assert!(refunded_early, "the early cancellation is refunded");
-    // The refunds reactor has passed the late cancellation too: it asked for nothing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the refunds reactor has passed the late cancellation too, it has asked for nothing.
+    let passed = caught_up(&app, "refunds", |_| true).await;
+    assert!(passed, "the refunds reactor reached the head of the log");
     let refunds = fake.refunds();
     assert_eq!(refunds.len(), 1, "{refunds:?}");
     assert_eq!(refunds[0].payment_intent, "pi_evt_early");
     assert_eq!(count(&app.db.stream(&late).await, "RefundRequested"), 0);
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT count(*) FROM jobs WHERE kind = 'refund' AND consultation_id = '{late}'"
+            ))
+            .await,
+        0,
+        "no refund job for the late cancellation"
+    );
     let payload: String = app
         .db
         .text(&format!(
@@ -446,6 +469,25 @@ async fn the_webhook_needs_its_secret(backend: Backend) {
     let body = paid_event("evt_x", &uuid::Uuid::new_v4().to_string(), 4500, "eur");
     let response = deliver(&app, &body, Some(signature_header(&body, now()))).await;
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
+}
+
+/// Waits (up to 30 s) until the subscription `name` is live, has handled every event in the log
+/// (`lag_events` 0 on `GET /v1/admin/subscriptions`) and its row satisfies `also`; returns
+/// whether it did.
+async fn caught_up(app: &TestApp, name: &str, also: impl Fn(&Value) -> bool) -> bool {
+    let admin = app.token(Role::Admin, "admin-1");
+    eventually(Duration::from_secs(30), || async {
+        let response = app.get("/v1/admin/subscriptions", &admin).await;
+        if response.status() != StatusCode::OK {
+            return false;
+        }
+        let body: Value = response.json().await.expect("json");
+        body["subscriptions"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|s| s["name"] == name))
+            .is_some_and(|s| s["state"] == "live" && s["lag_events"] == 0 && also(s))
+    })
+    .await
 }
 
 /// Moves a subscription's checkpoint back to the start, so it replays the whole log.

@@ -358,6 +358,64 @@ where
     }
 }
 
+/// One IPv4 TCP socket as `/proc/net/tcp` lists it.
+struct TcpSocket {
+    /// `address:port`, in hexadecimal as listed.
+    local: String,
+    remote: String,
+    state: u8,
+    /// 0 when no process holds it any more (closed, or its process died) or not yet accepted.
+    inode: u64,
+}
+
+/// The IPv4 TCP sockets of this network namespace; `None` where `/proc/net/tcp` is not there.
+fn tcp_sockets() -> Option<Vec<TcpSocket>> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let sockets = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some(TcpSocket {
+                local: (*fields.get(1)?).to_owned(),
+                remote: (*fields.get(2)?).to_owned(),
+                state: u8::from_str_radix(fields.get(3)?, 16).ok()?,
+                inode: fields.get(9)?.parse().ok()?,
+            })
+        })
+        .collect();
+    Some(sockets)
+}
+
+/// How many connections to the fakes (listening on `ports`) were given up by their client (its
+/// process closed them, or died, as a killed worker's are) and have not yet been read to their
+/// end and closed by the fake: until there are none, a request the client wrote may still be on
+/// its way to being recorded. `None` where the sockets cannot be seen (not Linux).
+fn unread_by_fakes(ports: &[u16]) -> Option<usize> {
+    const ESTABLISHED: u8 = 0x01;
+    const TIME_WAIT: u8 = 0x06;
+    const CLOSE_WAIT: u8 = 0x08;
+    let sockets = tcp_sockets()?;
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+    };
+    // Client ends no process holds: closed, FIN sent, waiting for the other end.
+    let given_up: BTreeSet<(&str, &str)> = sockets
+        .iter()
+        .filter(|s| s.inode == 0 && s.state != TIME_WAIT)
+        .map(|s| (s.local.as_str(), s.remote.as_str()))
+        .collect();
+    let open = sockets
+        .iter()
+        .filter(|s| port(&s.local).is_some_and(|p| ports.contains(&p)))
+        .filter(|s| s.state == ESTABLISHED || s.state == CLOSE_WAIT)
+        .filter(|s| given_up.contains(&(s.remote.as_str(), s.local.as_str())))
+        .count();
+    Some(open)
+}
+
 /// Every address a message went to: SMS by `To`, email by recipient.
 fn arrived(twilio: &TwilioFake, smtp: &SmtpFake) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
@@ -568,10 +626,9 @@ async fn scenario(db: &TestDb) {
     // At-least-once accounting, as in delivery.rs: a message may go twice only if it reached
     // the provider before the kill and its job was not recorded done by then (the dead worker
     // sent it and died before committing; its job lock runs out after JOB_LEASE and the
-    // survivor sends it again). The short pause lets a request written just before the kill
-    // reach the fakes.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let arrived_before_kill: BTreeSet<String> = arrived(&twilio, &smtp).into_keys().collect();
+    // survivor sends it again). The jobs not done are read at once: the dead worker's stay
+    // running until their locks run out. A request it wrote just before the kill is in the
+    // fakes' sockets: wait until the fakes have read every connection it left to its end.
     let unfinished: Vec<String> = sqlx::query_scalar(
         "SELECT payload->>'to' FROM jobs WHERE kind = 'notify' AND status <> 'done'",
     )
@@ -581,6 +638,25 @@ async fn scenario(db: &TestDb) {
     })
     .await
     .expect("unfinished jobs");
+    let fake_ports = [
+        twilio
+            .base_url
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .expect("the Twilio fake's port"),
+        smtp.port,
+    ];
+    if unread_by_fakes(&fake_ports).is_some() {
+        wait_for(
+            Duration::from_secs(10),
+            "the fakes read to its end every connection the killed worker left",
+            || async { unread_by_fakes(&fake_ports) == Some(0) },
+        )
+        .await;
+    } else {
+        eprintln!("no /proc/net/tcp here: cannot see what the fakes have left to read");
+    }
+    let arrived_before_kill: BTreeSet<String> = arrived(&twilio, &smtp).into_keys().collect();
     let in_flight: BTreeSet<String> = unfinished
         .into_iter()
         .filter(|to| arrived_before_kill.contains(to))
