@@ -70,18 +70,51 @@ const SQLITE_EXPORT: &str = "SELECT position, aggregate_type, aggregate_id, sequ
     AND ($2 IS NULL OR aggregate_id = $2) AND ($3 IS NULL OR recorded_at >= $3) \
     ORDER BY position";
 
+/// How long an export waits for transactions in flight before it stops early.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Streams the matching events, in log position order, as JSON Lines into `out`. On
-/// PostgreSQL it stops before the first event whose transaction has not settled (a position
-/// can commit after a higher one), so that resuming after `last_position` never skips one.
+/// PostgreSQL an event whose transaction has not settled (a position can commit after a
+/// higher one) is waited for, up to [`SETTLE_WAIT`]: PostgreSQL's horizon is the oldest
+/// transaction in flight anywhere on the server, so a transaction of another database or
+/// another client can hold it back for a moment. If it is still not settled the export stops
+/// before it, so that resuming after `last_position` never skips one.
 pub async fn export(
     store: &Store,
     filter: &ExportFilter,
     out: &mut impl Write,
 ) -> Result<ExportSummary, Box<dyn std::error::Error>> {
+    let started = std::time::Instant::now();
     let mut summary = ExportSummary {
         last_position: filter.after_position,
         ..ExportSummary::default()
     };
+    loop {
+        let resumed = ExportFilter {
+            after_position: summary.last_position,
+            ..filter.clone()
+        };
+        summary.stopped_early = false;
+        export_settled(store, &resumed, out, &mut summary).await?;
+        if !summary.stopped_early || started.elapsed() >= SETTLE_WAIT {
+            return Ok(summary);
+        }
+        tracing::debug!(
+            position = summary.last_position,
+            "waiting for a transaction in flight before the next event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// One pass of [`export`]: the settled events after `filter.after_position`, added to
+/// `summary`.
+async fn export_settled(
+    store: &Store,
+    filter: &ExportFilter,
+    out: &mut impl Write,
+    summary: &mut ExportSummary,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut write =
         |row: Row, summary: &mut ExportSummary| -> Result<bool, Box<dyn std::error::Error>> {
             if !row.settled {
@@ -105,7 +138,7 @@ pub async fn export(
                 .bind(filter.since)
                 .fetch(pool);
             while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-                if !write(row, &mut summary)? {
+                if !write(row, summary)? {
                     break;
                 }
             }
@@ -120,14 +153,14 @@ pub async fn export(
                 .bind(since)
                 .fetch(pool);
             while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-                if !write(row, &mut summary)? {
+                if !write(row, summary)? {
                     break;
                 }
             }
         }
     }
     out.flush()?;
-    Ok(summary)
+    Ok(())
 }
 
 /// Loads an export into a store that holds no events yet: the events keep their streams,

@@ -322,3 +322,42 @@ async fn the_fhir_appointment_follows_the_consultation(backend: Backend) {
 }
 
 on_both_backends!(the_fhir_appointment_follows_the_consultation);
+
+/// PostgreSQL's horizon of settled transactions is server-wide: a write transaction open in
+/// another database (another client, another tenant) holds every event after it back. An
+/// export waits for it to end instead of stopping at once before the first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_waits_for_a_transaction_in_flight_elsewhere() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let Some(other) = TestDb::fresh(Backend::Postgres).await else {
+        return;
+    };
+    let _other_guard = DbGuard(other.clone());
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&other.url)
+        .await
+        .expect("connect to the other database");
+    let mut open = conn.begin().await.expect("begin");
+    // A transaction id of its own, older than every event below, held until the commit.
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .expect("take a transaction id");
+    app.register_provider("prov-1").await;
+    app.book("pat-1", "prov-1", 30).await;
+    let events = app.db.event_count().await;
+    let url = app.db.url.clone();
+    let dir = app.db.data_dir.clone();
+    let export = tokio::task::spawn_blocking(move || run(&["export"], &url, &dir, None).0);
+    // The other transaction stays open while the export starts and meets it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    open.commit().await.expect("commit");
+    let exported = export.await.expect("export");
+    assert_eq!(
+        without_positions(&exported).len() as i64,
+        events,
+        "every event exported once the other transaction ended"
+    );
+}
