@@ -18,7 +18,8 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    booking, eventually, free_port, mint_token, provider_body, spawn_app_with, Backend,
+    booking, eventually, free_port, mint_token, provider_body, spawn_app_with,
+    spawn_collecting_stderr, Backend, StderrLines,
 };
 
 const SECRET: &str = "fault-test-secret-that-is-long-enough-0123";
@@ -157,32 +158,13 @@ fn serve_command_of(
 struct Engine {
     child: tokio::process::Child,
     address: String,
-    stderr: Arc<Mutex<String>>,
+    stderr: StderrLines,
     client: reqwest::Client,
 }
 
 impl Engine {
-    fn spawn(mut command: tokio::process::Command, port: u16) -> Self {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("start consult serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(pipe) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt;
-                let mut lines = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut text) = sink.lock() {
-                        text.push_str(&line);
-                        text.push('\n');
-                    }
-                }
-            });
-        }
+    fn spawn(command: tokio::process::Command, port: u16) -> Self {
+        let (child, stderr) = spawn_collecting_stderr(command);
         Self {
             child,
             address: format!("http://127.0.0.1:{port}"),
@@ -195,7 +177,10 @@ impl Engine {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        self.stderr
+            .lock()
+            .map(|lines| lines.join("\n"))
+            .unwrap_or_default()
     }
 
     /// Waits until `/healthz` answers, or the process exits (`Err` with what it said).

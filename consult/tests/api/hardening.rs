@@ -8,8 +8,6 @@
 //! what the binary prints.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -19,13 +17,13 @@ use reqwest::{Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::helpers::{
     assert_problem, booking, eventually, free_port, mint_token, provider_body, spawn_app_with,
-    Backend, DbGuard, TestApp, TestDb,
+    spawn_collecting_stderr, Backend, DbGuard, StderrLines, TestApp, TestDb,
 };
 use crate::on_both_backends;
 
@@ -49,30 +47,13 @@ const START: Duration = Duration::from_secs(60);
 /// A running `consult serve`, its standard error collected line by line.
 struct Process {
     child: tokio::process::Child,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stderr: StderrLines,
 }
 
 impl Process {
     /// Starts `command` (a `consult serve` with its environment), collecting standard error.
-    fn start(mut command: tokio::process::Command) -> Self {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("start consult serve");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(pipe) = child.stderr.take() {
-            let lines = Arc::clone(&stderr);
-            tokio::spawn(async move {
-                let mut reader = tokio::io::BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if let Ok(mut lines) = lines.lock() {
-                        lines.push(line);
-                    }
-                }
-            });
-        }
+    fn start(command: tokio::process::Command) -> Self {
+        let (child, stderr) = spawn_collecting_stderr(command);
         Self { child, stderr }
     }
 

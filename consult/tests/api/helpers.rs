@@ -561,3 +561,34 @@ pub fn free_port() -> u16 {
 pub fn owner_pid(owner: Option<&str>) -> Option<u32> {
     owner?.strip_prefix("pid")?.split('-').next()?.parse().ok()
 }
+
+/// What a process wrote to its standard error, line by line, as it writes it.
+pub type StderrLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts `command` (a `consult serve` with its environment) with no input, its output
+/// discarded and its standard error collected line by line; the process is killed when the
+/// returned child is dropped.
+pub fn spawn_collecting_stderr(
+    mut command: tokio::process::Command,
+) -> (tokio::process::Child, StderrLines) {
+    use tokio::io::AsyncBufReadExt as _;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start consult serve");
+    let stderr = StderrLines::default();
+    if let Some(pipe) = child.stderr.take() {
+        let sink = std::sync::Arc::clone(&stderr);
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut collected) = sink.lock() {
+                    collected.push(line);
+                }
+            }
+        });
+    }
+    (child, stderr)
+}
