@@ -293,7 +293,8 @@ impl Drop for TestApp {
     }
 }
 
-/// Drops its PostgreSQL database when the test that made it ends, even by a panic.
+/// Drops its PostgreSQL database (and removes its data directory) when the test that made it
+/// ends, even by a panic.
 #[derive(Debug)]
 pub struct DbGuard(pub TestDb);
 
@@ -304,8 +305,13 @@ impl Drop for DbGuard {
 }
 
 impl TestDb {
-    /// Drops the database (PostgreSQL), closing the connections that still use it.
+    /// Removes the test's data directory (the SQLite file, the outbox, secrets), unless the
+    /// test failed, whose data is kept for a look; and drops the database (PostgreSQL),
+    /// closing the connections that still use it.
     pub fn drop_database(&self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
         if self.backend != Backend::Postgres {
             return;
         }
