@@ -204,15 +204,7 @@ async fn messages_reach_twilio_and_smtp_and_failures_are_retried_then_dead_lette
         .await;
     assert_eq!(cancelled.status(), StatusCode::OK);
     let admin = app.token(Role::Admin, "admin-1");
-    let dead_letters = || async {
-        let body: Value = app
-            .get("/v1/admin/dead-letters", &admin)
-            .await
-            .json()
-            .await
-            .expect("json");
-        body["items"].as_array().cloned().unwrap_or_default()
-    };
+    let dead_letters = || app.dead_letters();
     assert!(
         eventually(Duration::from_secs(15), || async {
             dead_letters().await.len() == 2

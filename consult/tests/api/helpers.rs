@@ -440,6 +440,15 @@ impl TestApp {
         body["items"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The dead-lettered jobs, as an admin reads them.
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        let admin = self.token(Role::Admin, "admin-1");
+        let response = self.get("/v1/admin/dead-letters", &admin).await;
+        assert_eq!(response.status(), StatusCode::OK, "dead letters");
+        let body: Value = response.json().await.expect("json");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
     pub async fn register_provider(&self, id: &str) {
         let admin = self.token(Role::Admin, "admin-1");
         let response = self.post("/v1/providers", &admin, &provider_body(id)).await;

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use consult::Config;
-use serde_json::Value;
 
 use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
@@ -143,16 +142,7 @@ async fn an_outcome_that_cannot_be_recorded_is_dead_lettered_not_resent(backend:
     // The provider gets an SMS of each booking.
     each_sent_once(&twilio, BOOKINGS).await;
 
-    let dead: Vec<Value> = {
-        let admin = app.token(consult_api::Role::Admin, "admin-1");
-        let body: Value = app
-            .get("/v1/admin/dead-letters", &admin)
-            .await
-            .json()
-            .await
-            .expect("json");
-        body["items"].as_array().cloned().unwrap_or_default()
-    };
+    let dead = app.dead_letters().await;
     let poisoned_jobs = app
         .db
         .scalar(&format!(
