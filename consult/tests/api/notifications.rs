@@ -618,11 +618,24 @@ async fn a_replay_of_the_reactors_keeps_the_timers(backend: Backend) {
     // and its `RoomProvisioned` is written before the creation job is done). The counts alone
     // do not show that the first pass is over: the unpaid one's acceptance swaps its accept
     // deadline for a payment deadline, one pending deadline before and after. So the reactors
-    // must also have handled every event, checked after the counts.
-    let settled = eventually(Duration::from_secs(20), || async {
+    // must also have handled every event, checked after the counts. And no timer may be due
+    // or running: the new room's creation job runs at once, and a snapshot taken while it is
+    // `running` would differ from one taken after it is `done` for reasons other than the
+    // replay (its `RoomProvisioned` is written before the job is marked done, so the reactors'
+    // check after this one covers that event too).
+    let settled = eventually(Duration::from_secs(60), || async {
         count("pending", "reminder").await == 3
             && count("pending", "deadline").await == 1
             && count("pending", "room").await == 1
+            && app
+                .db
+                .scalar(&format!(
+                    "SELECT count(*) FROM jobs WHERE kind IN ('reminder', 'deadline', 'room') \
+                       AND (status = 'running' OR (status = 'pending' AND due_at_ms <= {}))",
+                    Utc::now().timestamp_millis()
+                ))
+                .await
+                == 0
             && reactors_caught_up(&app, &admin).await
     })
     .await;
@@ -662,7 +675,7 @@ async fn a_replay_of_the_reactors_keeps_the_timers(backend: Backend) {
     })
     .expect("rewind the reactors");
     store.close().await;
-    let replayed = eventually(Duration::from_secs(20), || async {
+    let replayed = eventually(Duration::from_secs(60), || async {
         let body: Value = app
             .get("/v1/admin/subscriptions", &admin)
             .await
