@@ -21,43 +21,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
-use consult_domain::{Consultation, ConsultationCommand, ConsultationError, ExpiryCause, Status};
-use consult_store::{with_tx, Db, HandlerError, Metadata, Store, StoreError, Tx};
+use consult_domain::{
+    Canceller, Consultation, ConsultationCommand, ConsultationError, ExpiryCause, Mode, Status,
+};
+use consult_store::jobs::{Settled, Settlement};
+use consult_store::notification_log::{self, LogOutcome, LogUpdate};
+use consult_store::{HandlerError, Metadata, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::channels::{Channel, ChannelKind, Message};
-use crate::jobs::{self, Job, JobKind};
 use crate::media::{Media, MediaOutcome};
 use crate::messages::{self, Facts, PaymentFacts, RefundNote, ReminderFacts};
 use crate::reactor::{self, DeadlinePayload, NotifyPayload, ReactorConfig, ReminderPayload};
 use crate::refunds::Refunds;
-
-/// Runs `$body` with `$tx` bound to a new transaction of `$store`, and commits it; `?` in the
-/// body returns early (and rolls back).
-macro_rules! in_tx {
-    ($store:expr, $tx:ident => $body:expr) => {{
-        match $store.db() {
-            Db::Postgres(pool) => {
-                let mut transaction = consult_store::BeginWrite::begin_write(pool).await?;
-                let value = {
-                    let $tx = &mut Tx::Postgres(&mut transaction);
-                    $body
-                };
-                transaction.commit().await?;
-                value
-            }
-            Db::Sqlite(pool) => {
-                let mut transaction = consult_store::BeginWrite::begin_write(pool).await?;
-                let value = {
-                    let $tx = &mut Tx::Sqlite(&mut transaction);
-                    $body
-                };
-                transaction.commit().await?;
-                value
-            }
-        }
-    }};
-}
+use consult_store::jobs::{self, Job, JobKind};
 
 /// The channel for each kind.
 #[derive(Debug, Clone)]
@@ -355,45 +332,8 @@ impl Dispatcher {
             let since =
                 now_ms() - i64::try_from(self.options.flood.window.as_millis()).unwrap_or(0);
             let limit = i64::from(self.options.flood.limit);
-            let rows: Vec<(String, String, i64)> = match self.store.db() {
-                Db::Postgres(pool) => {
-                    // Counted up to the limit only: what matters is whether it is reached,
-                    // and a recipient with many messages in the window costs no more.
-                    let (recipients, senders): (Vec<String>, Vec<String>) =
-                        wanted.iter().cloned().unzip();
-                    sqlx::query_as(
-                        "SELECT r, s, (SELECT count(*) FROM (SELECT 1 FROM notification_log \
-                                     WHERE recipient_key = r AND sender_key = s \
-                                       AND sent_at_ms >= $3 LIMIT $4) AS recent) \
-                           FROM unnest($1::text[], $2::text[]) AS k(r, s)",
-                    )
-                    .bind(&recipients)
-                    .bind(&senders)
-                    .bind(since)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-                }
-                Db::Sqlite(pool) => {
-                    let mut rows = Vec::new();
-                    for (recipient, sender) in &wanted {
-                        let count: i64 = sqlx::query_scalar(
-                            "SELECT count(*) FROM (SELECT 1 FROM notification_log \
-                              WHERE recipient_key = $1 AND sender_key = $2 \
-                                AND sent_at_ms >= $3 LIMIT $4)",
-                        )
-                        .bind(recipient)
-                        .bind(sender)
-                        .bind(since)
-                        .bind(limit)
-                        .fetch_one(pool)
-                        .await?;
-                        rows.push((recipient.clone(), sender.clone(), count));
-                    }
-                    rows
-                }
-            };
-            counts.extend(rows.into_iter().map(|(r, s, count)| ((r, s), count)));
+            let rows = notification_log::recent_sends(&self.store, &wanted, since, limit).await?;
+            counts.extend(rows);
         }
         let limit = i64::from(self.options.flood.limit);
         Ok(keys
@@ -432,35 +372,37 @@ impl Dispatcher {
     /// What an outcome does to its job and its notification.
     fn settle(&self, job: &Job, kind: Option<JobKind>, outcome: Outcome, now: i64) -> Settled {
         let notify = kind == Some(JobKind::Notify);
-        let (status, due_at, error) = match outcome {
-            Outcome::Done => ("done", None, None),
+        let (settlement, error) = match outcome {
+            Outcome::Done => (Settlement::Done, None),
             Outcome::Sent(provider_message_id) => {
                 return Settled {
                     id: job.id.clone(),
-                    status: "done",
-                    due_at: None,
+                    settlement: Settlement::Done,
                     error: None,
-                    log: Some(("sent", provider_message_id)),
+                    log: Some(LogOutcome::Sent(provider_message_id)),
                     attempts: job.attempts,
                 };
             }
             Outcome::Retry(error) if job.attempts < job.max_attempts => {
                 let delay = i64::try_from(self.backoff(job.attempts).as_millis()).unwrap_or(0);
                 tracing::info!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job failed; will retry");
-                ("pending", Some(now + delay), Some(error))
+                (Settlement::Retry { at_ms: now + delay }, Some(error))
             }
             Outcome::Retry(error) | Outcome::Dead(error) => {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job dead-lettered");
-                ("dead", None, Some(error))
+                (Settlement::Dead, Some(error))
             }
         };
-        let log_status = if status == "dead" { "dead" } else { "failed" };
+        let log = match settlement {
+            Settlement::Done => None,
+            Settlement::Dead => Some(LogOutcome::Dead),
+            Settlement::Retry { .. } => Some(LogOutcome::Failed),
+        };
         Settled {
             id: job.id.clone(),
-            status,
-            due_at,
+            settlement,
             error,
-            log: (notify && status != "done").then_some((log_status, None)),
+            log: log.filter(|_| notify),
             attempts: job.attempts,
         }
     }
@@ -504,62 +446,61 @@ impl Dispatcher {
 
     /// One transaction recording `settled`.
     async fn record(&self, settled: &[Settled], now: i64) -> Result<(), HandlerError> {
-        in_tx!(self.store, tx => {
-            match tx {
-                Tx::Postgres(conn) => record_pg(conn, &self.owner, settled, now).await?,
-                Tx::Sqlite(_) => {
-                    for one in settled {
-                        record_one(tx, &self.owner, one, now).await?;
-                    }
-                }
-            }
-        });
+        let mut write = self.store.begin_write().await?;
+        jobs::record_outcomes(&mut write.tx(), &self.owner, settled, now).await?;
+        write.commit().await?;
         Ok(())
     }
 
     /// A job whose outcome cannot be recorded: dead-lettered with the reason (and what became
     /// of it: a message that went out says so), so that it is never run again unasked. Its
-    /// notification log row follows if it can; an admin sees both.
+    /// notification log row follows, in a transaction of its own, if it can; an admin sees
+    /// both.
     async fn record_unrecordable(&self, one: &Settled, error: &str, now: i64) {
-        let sent = matches!(one.log, Some(("sent", _)));
+        let sent = one.log.as_ref().is_some_and(LogOutcome::is_sent);
         let reason = if sent {
             format!("sent, but its outcome could not be recorded: {error}")
         } else {
-            format!(
-                "its outcome ({}) could not be recorded: {error}",
-                one.status
-            )
+            let outcome = match one.settlement {
+                Settlement::Done => "done",
+                Settlement::Retry { .. } => "pending",
+                Settlement::Dead => "dead",
+            };
+            format!("its outcome ({outcome}) could not be recorded: {error}")
         };
         tracing::error!(job = %one.id, error = %reason, "job dead-lettered");
-        let result: Result<(), HandlerError> = async {
-            in_tx!(self.store, tx => {
-                jobs::fail(tx, &one.id, &self.owner, &reason, None, now).await?
-            });
-            Ok(())
+        let result: Result<(), StoreError> = async {
+            let mut write = self.store.begin_write().await?;
+            jobs::dead_letter_held(&mut write.tx(), &one.id, &self.owner, &reason, now).await?;
+            write.commit().await
         }
         .await;
         if let Err(err) = result {
-            tracing::error!(job = %one.id, error = %consult_store::error_chain(err.as_ref()), "cannot dead-letter a job whose outcome could not be recorded");
+            tracing::error!(job = %one.id, error = %consult_store::error_chain(&err), "cannot dead-letter a job whose outcome could not be recorded");
             return;
         }
         if one.log.is_none() {
             return;
         }
-        let log = Settled {
-            id: one.id.clone(),
-            status: "dead",
-            due_at: None,
-            error: Some(reason),
-            log: Some((if sent { "sent" } else { "dead" }, None)),
-            attempts: one.attempts,
+        let outcome = if sent {
+            LogOutcome::Sent(None)
+        } else {
+            LogOutcome::Dead
         };
-        let result: Result<(), HandlerError> = async {
-            in_tx!(self.store, tx => update_log(tx, &log, now).await?);
-            Ok(())
+        let update = LogUpdate {
+            id: &one.id,
+            attempts: one.attempts,
+            outcome: &outcome,
+            error: Some(&reason),
+        };
+        let result: Result<(), StoreError> = async {
+            let mut write = self.store.begin_write().await?;
+            notification_log::record_outcomes(&mut write.tx(), &[update], now).await?;
+            write.commit().await
         }
         .await;
         if let Err(err) = result {
-            tracing::warn!(job = %one.id, error = %consult_store::error_chain(err.as_ref()), "cannot update the notification log of a job whose outcome could not be recorded");
+            tracing::warn!(job = %one.id, error = %consult_store::error_chain(&err), "cannot update the notification log of a job whose outcome could not be recorded");
         }
     }
 
@@ -582,10 +523,7 @@ impl Dispatcher {
     }
 
     fn render(&self, job: &Job, payload: &NotifyPayload) -> Result<Message, String> {
-        let timezone: chrono_tz::Tz = payload
-            .timezone
-            .parse()
-            .map_err(|_| format!("unknown time zone {}", payload.timezone))?;
+        let timezone = payload.timezone.tz();
         let base = self.options.app_url.trim_end_matches('/');
         let id = &job.consultation_id;
         let payment = match (payload.amount_minor, &payload.currency) {
@@ -594,14 +532,10 @@ impl Dispatcher {
                 currency: currency.clone(),
                 refund: RefundNote::None,
             }),
-            _ => payload.refund.as_deref().map(|refund| PaymentFacts {
+            _ => payload.refund.map(|refund| PaymentFacts {
                 amount_minor: 0,
                 currency: String::new(),
-                refund: match refund {
-                    "full" => RefundNote::Full,
-                    "late" => RefundNote::Late,
-                    _ => RefundNote::NotPaid,
-                },
+                refund,
             }),
         };
         let facts = Facts {
@@ -610,14 +544,31 @@ impl Dispatcher {
             ends_at: payload.ends_at,
             previous_starts_at: payload.previous_starts_at,
             timezone,
-            mode: payload.mode.clone(),
+            mode: payload.mode.as_str().to_owned(),
             provider_name: payload.provider_name.clone(),
-            meeting_link: (payload.mode != "in_person")
-                .then(|| format!("{base}/consultations/{id}/join")),
+            // Every mode the domain has meets through the app.
+            meeting_link: match payload.mode {
+                Mode::Video | Mode::Voice | Mode::Messaging => {
+                    Some(format!("{base}/consultations/{id}/join"))
+                }
+            },
             manage_link: Some(format!("{base}/consultations/{id}")),
             payment,
-            cancelled_by: payload.cancelled_by.clone(),
-            expiry: payload.expiry.clone(),
+            cancelled_by: payload.cancelled_by.map(|by| {
+                match by {
+                    Canceller::Patient => "patient",
+                    Canceller::Provider => "provider",
+                    Canceller::Admin => "clinic",
+                }
+                .to_owned()
+            }),
+            expiry: payload.expiry.map(|cause| {
+                match cause {
+                    ExpiryCause::NotAcceptedInTime => "not_accepted",
+                    ExpiryCause::UnpaidAtStart => "unpaid",
+                }
+                .to_owned()
+            }),
             reminder: payload.reminder_offset_secs.map(|secs| ReminderFacts {
                 offset: Duration::from_secs(secs),
                 is_final: payload.reminder_is_final,
@@ -655,7 +606,9 @@ impl Dispatcher {
         reminder: &ReminderPayload,
     ) -> Result<usize, HandlerError> {
         let id = &job.consultation_id;
-        let queued = in_tx!(self.store, tx => {
+        let mut write = self.store.begin_write().await?;
+        let tx = &mut write.tx();
+        let queued = {
             let (state, provider) = reactor::load_for_timer(tx, id).await?;
             let now = Utc::now();
             let current = state.status == Status::Confirmed
@@ -671,17 +624,17 @@ impl Dispatcher {
                     reminder,
                     now,
                 );
-                for send in &sends {
-                    if jobs::insert(tx, send, now.timestamp_millis()).await? {
-                        reactor::insert_log(tx, send, now.timestamp_millis()).await?;
-                        queued += 1;
-                    }
-                }
+                let planned: Vec<(&_, bool)> = sends.iter().map(|send| (send, false)).collect();
+                let inserted = jobs::insert_many(tx, &planned, now.timestamp_millis()).await?;
+                let logs: Vec<&_> = sends.iter().filter(|s| inserted.contains(&s.id)).collect();
+                reactor::insert_logs(tx, &logs, now.timestamp_millis()).await?;
+                queued = logs.len();
             } else {
                 tracing::info!(job = %job.id, consultation = %id, "reminder no longer due; skipped");
             }
             queued
-        });
+        };
+        write.commit().await?;
         Ok(queued)
     }
 
@@ -730,132 +683,6 @@ impl Dispatcher {
             Err(err) => Outcome::Retry(err.to_string()),
         }
     }
-}
-
-/// A job's outcome as it is written.
-struct Settled {
-    id: String,
-    /// done | pending (a retry) | dead.
-    status: &'static str,
-    due_at: Option<i64>,
-    error: Option<String>,
-    /// The notification's new status and provider id, for notify jobs.
-    log: Option<(&'static str, Option<String>)>,
-    attempts: i32,
-}
-
-/// PostgreSQL: the jobs this process still holds move in one statement, and their
-/// notifications in another. A sent notification is recorded even if the lock was lost
-/// meanwhile: it did go out.
-async fn record_pg(
-    conn: &mut sqlx::PgConnection,
-    owner: &str,
-    settled: &[Settled],
-    now: i64,
-) -> Result<(), HandlerError> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *conn)
-        .await?;
-    let held: Vec<String> = sqlx::query_scalar(
-        "UPDATE jobs SET status = u.status, due_at_ms = COALESCE(u.due_at, jobs.due_at_ms), \
-                locked_by = NULL, last_error = u.error, updated_at_ms = $6, \
-                finished_at_ms = CASE WHEN u.status = 'pending' THEN NULL ELSE $6 END \
-           FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
-                AS u(id, status, due_at, error) \
-          WHERE jobs.id = u.id AND jobs.locked_by = $5 AND jobs.status = 'running' \
-         RETURNING jobs.id",
-    )
-    .bind(settled.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
-    .bind(settled.iter().map(|s| s.status).collect::<Vec<_>>())
-    .bind(settled.iter().map(|s| s.due_at).collect::<Vec<_>>())
-    .bind(
-        settled
-            .iter()
-            .map(|s| s.error.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(owner)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
-    let logged: Vec<&Settled> = settled
-        .iter()
-        .filter(|s| match s.log {
-            Some(("sent", _)) => true,
-            Some(_) => held.contains(&s.id),
-            None => false,
-        })
-        .collect();
-    if logged.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE notification_log SET status = u.status, attempts = u.attempts, \
-                provider_message_id = COALESCE(u.provider_id, notification_log.provider_message_id), \
-                sent_at_ms = CASE WHEN u.status = 'sent' THEN $6 ELSE notification_log.sent_at_ms END, \
-                last_error = u.error, updated_at_ms = $6 \
-           FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[]) \
-                AS u(id, status, attempts, provider_id, error) \
-          WHERE notification_log.id = u.id",
-    )
-    .bind(logged.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
-    .bind(logged.iter().map(|s| s.log.as_ref().map_or("", |l| l.0)).collect::<Vec<_>>())
-    .bind(logged.iter().map(|s| s.attempts).collect::<Vec<_>>())
-    .bind(
-        logged
-            .iter()
-            .map(|s| s.log.as_ref().and_then(|l| l.1.as_deref()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(logged.iter().map(|s| s.error.as_deref()).collect::<Vec<_>>())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// The portable path (SQLite): one job at a time, in the batch's transaction.
-async fn record_one(
-    tx: &mut Tx<'_>,
-    owner: &str,
-    one: &Settled,
-    now: i64,
-) -> Result<(), HandlerError> {
-    let held = match one.status {
-        "done" => jobs::complete(tx, &one.id, owner, now).await?,
-        _ => {
-            let error = one.error.as_deref().unwrap_or("");
-            jobs::fail(tx, &one.id, owner, error, one.due_at, now).await?
-        }
-    };
-    match &one.log {
-        Some((status, _)) if *status == "sent" || held => update_log(tx, one, now).await,
-        _ => Ok(()),
-    }
-}
-
-/// Moves a notification's log row to `one`'s outcome.
-async fn update_log(tx: &mut Tx<'_>, one: &Settled, now: i64) -> Result<(), HandlerError> {
-    let Some((status, provider_message_id)) = &one.log else {
-        return Ok(());
-    };
-    const SQL: &str = "UPDATE notification_log SET status = $2, attempts = $3, \
-                       provider_message_id = COALESCE($4, provider_message_id), \
-                       sent_at_ms = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at_ms END, \
-                       last_error = $6, updated_at_ms = $5 WHERE id = $1";
-    with_tx!(tx, conn => {
-        sqlx::query(SQL)
-            .bind(&one.id)
-            .bind(*status)
-            .bind(one.attempts)
-            .bind(provider_message_id.as_deref())
-            .bind(now)
-            .bind(one.error.as_deref())
-            .execute(conn)
-            .await
-            .map(|_| ())?
-    });
-    Ok(())
 }
 
 /// When the next instant a job is due, for tests and metrics.

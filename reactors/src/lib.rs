@@ -4,7 +4,6 @@
 
 pub mod channels;
 pub mod dispatch;
-pub mod jobs;
 pub mod media;
 pub mod messages;
 pub mod payments;

@@ -14,13 +14,13 @@ use consult_domain::{
     Consultation, ConsultationCommand, ConsultationError, Mode, Party, Provider, Room,
     RoomEndReason, Status,
 };
-use consult_store::{with_pool, ExecuteError, Metadata, Store, StoreError};
+use consult_store::{calls, ExecuteError, Metadata, Store, StoreError};
 
 use crate::channels::SendError;
-use crate::jobs::Job;
 use crate::rooms::{CallJob, RoomJob};
 use crate::video::{RoomRequest, VideoProvider};
 use crate::voice::{CallRequest, VoiceProvider};
+use consult_store::jobs::Job;
 
 /// The providers room and call jobs use, and where their callbacks go.
 #[derive(Debug, Clone)]
@@ -356,21 +356,7 @@ async fn update_call(
     status: Option<&str>,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    const SQL: &str = "UPDATE calls SET provider_call_id = COALESCE(provider_call_id, $2), \
-                              status = CASE WHEN last_sequence IS NULL AND $3::text IS NOT NULL \
-                                            THEN $3::text ELSE status END, \
-                              last_error = $4, updated_at_ms = $5 \
-                        WHERE id = $1";
     let now = Utc::now().timestamp_millis();
-    with_pool!(store.db(), pool => {
-        sqlx::query(SQL)
-            .bind(id)
-            .bind(sid)
-            .bind(status)
-            .bind(error)
-            .bind(now)
-            .execute(pool)
-            .await?;
-    });
+    calls::record_placement(store, id, sid, status, error, now).await?;
     Ok(())
 }

@@ -18,21 +18,21 @@
 //! Every job's key is derived from the event that caused it, so a redelivered batch or a replay
 //! of the log inserts nothing new and sends nothing twice.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use consult_domain::{
-    Canceller, Consultation, ConsultationEvent, ExpiryCause, PaymentStatus, ProviderEvent,
-    ProviderProfile, RefundDue, Status,
+    Canceller, Consultation, ConsultationEvent, ExpiryCause, Mode, PaymentStatus, ProviderProfile,
+    RefundDue, Status, TimeZone,
 };
-use consult_store::{with_tx, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
+use consult_store::jobs::{self, JobKind, NewJob};
+use consult_store::notification_log::{self, NewLogRow};
+use consult_store::{events, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::channels::{mask, ChannelKind};
-use crate::jobs::{self, JobKind, NewJob};
-use crate::messages::{NotificationKind, Recipient};
+use crate::messages::{NotificationKind, Recipient, RefundNote};
 
 /// One reminder: how long before the start, and through which channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,19 +119,21 @@ pub struct NotifyPayload {
     pub channel: ChannelKind,
     /// Phone number (E.164) or email address.
     pub to: String,
-    /// The recipient's IANA time zone.
-    pub timezone: String,
+    /// The recipient's time zone (its IANA name in the payload).
+    pub timezone: TimeZone,
     pub provider_name: String,
-    pub mode: String,
+    pub mode: Mode,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     pub previous_starts_at: Option<DateTime<Utc>>,
     pub amount_minor: Option<i64>,
     pub currency: Option<String>,
-    /// Declined: `full` (a refund follows) or `not_paid`.
-    pub refund: Option<String>,
-    pub cancelled_by: Option<String>,
-    pub expiry: Option<String>,
+    /// What happens to the payment (declined, cancelled).
+    pub refund: Option<RefundNote>,
+    #[serde(default, deserialize_with = "legacy::canceller")]
+    pub cancelled_by: Option<Canceller>,
+    #[serde(default, deserialize_with = "legacy::expiry")]
+    pub expiry: Option<ExpiryCause>,
     pub reminder_offset_secs: Option<u64>,
     pub reminder_is_final: bool,
     /// The other party of the consultation (the patient for a message to the provider, and
@@ -139,6 +141,37 @@ pub struct NotifyPayload {
     /// (sender, recipient). Empty in jobs queued before it existed.
     #[serde(default)]
     pub sender: String,
+}
+
+/// Spellings that notify jobs queued by earlier builds carry (`clinic` for the admin who
+/// cancelled, `not_accepted` and `unpaid` for the expiry causes), read as the domain's own;
+/// anything else is an unreadable job.
+mod legacy {
+    use consult_domain::{Canceller, ExpiryCause};
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    pub fn canceller<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Canceller>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        match text.as_str() {
+            "patient" => Ok(Some(Canceller::Patient)),
+            "provider" => Ok(Some(Canceller::Provider)),
+            "admin" | "clinic" => Ok(Some(Canceller::Admin)),
+            other => Err(D::Error::custom(format!("unknown canceller `{other}`"))),
+        }
+    }
+
+    pub fn expiry<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ExpiryCause>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        match text.as_str() {
+            "not_accepted_in_time" | "not_accepted" => Ok(Some(ExpiryCause::NotAcceptedInTime)),
+            "unpaid_at_start" | "unpaid" => Ok(Some(ExpiryCause::UnpaidAtStart)),
+            other => Err(D::Error::custom(format!("unknown expiry cause `{other}`"))),
+        }
+    }
 }
 
 /// A reminder timer's payload.
@@ -279,7 +312,7 @@ impl Handler for NotificationsReactor {
                     firsts.push((event.aggregate_id.as_str(), event.sequence));
                 }
             }
-            let mut states = states_before(tx, &firsts).await?;
+            let mut states = events::consultations_before(tx, &firsts).await?;
             let mut provider_ids: Vec<String> = states
                 .values()
                 .filter_map(|c| c.booking.as_ref())
@@ -293,7 +326,7 @@ impl Handler for NotificationsReactor {
             }));
             provider_ids.sort_unstable();
             provider_ids.dedup();
-            let providers = provider_profiles(tx, &provider_ids).await?;
+            let providers = events::provider_profiles(tx, &provider_ids).await?;
             let mut plan = Plan::default();
             for (event, parsed) in events.iter().zip(parsed) {
                 let Some(state) = states.get_mut(&event.aggregate_id) else {
@@ -392,206 +425,33 @@ async fn apply_plan(tx: &mut Tx<'_>, plan: &Plan, now_ms: i64) -> Result<usize, 
     Ok(inserted.len())
 }
 
-/// The states of several consultations, each before the given sequence: one query on
-/// PostgreSQL, one per stream on SQLite.
-async fn states_before(
-    tx: &mut Tx<'_>,
-    firsts: &[(&str, i64)],
-) -> Result<HashMap<String, Consultation>, HandlerError> {
-    let mut states: HashMap<String, Consultation> = HashMap::with_capacity(firsts.len());
-    let Tx::Postgres(conn) = tx else {
-        for (id, sequence) in firsts {
-            let state = state_before(tx, id, *sequence).await?;
-            states.insert((*id).to_owned(), state);
-        }
-        return Ok(states);
-    };
-    const SQL: &str = "SELECT e.aggregate_id, e.event_type, e.event_version, e.payload::text \
-                         FROM unnest($1::text[], $2::bigint[]) AS t(id, seq) \
-                         JOIN events e ON e.aggregate_type = 'consultation' \
-                          AND e.aggregate_id = t.id AND e.sequence < t.seq \
-                        ORDER BY e.aggregate_id, e.sequence";
-    let ids: Vec<&str> = firsts.iter().map(|(id, _)| *id).collect();
-    let sequences: Vec<i64> = firsts.iter().map(|(_, sequence)| *sequence).collect();
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(SQL)
-        .bind(&ids)
-        .bind(&sequences)
-        .fetch_all(&mut **conn)
-        .await?;
-    for id in ids {
-        states.insert(id.to_owned(), Consultation::default());
-    }
-    for (id, event_type, version, payload) in rows {
-        let payload = consult_domain::upcast::upcast_text(&event_type, &version, payload);
-        if let Some(state) = states.get_mut(&id) {
-            state.evolve(serde_json::from_str(&payload)?);
-        }
-    }
-    Ok(states)
+/// The notification log row of a queued notify job.
+fn log_row(job: &NewJob) -> Result<NewLogRow, HandlerError> {
+    let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
+    Ok(NewLogRow {
+        id: job.id.clone(),
+        consultation_id: job.consultation_id.clone(),
+        recipient_role: payload.recipient.as_str().to_owned(),
+        channel: payload.channel.as_str().to_owned(),
+        kind: payload.kind.as_str().to_owned(),
+        recipient_masked: mask(&payload.to),
+        recipient_key: recipient_key(&payload.to),
+        sender_key: sender_key(&payload.sender),
+        scheduled_for_ms: job.due_at_ms,
+    })
 }
 
-/// Several providers' profiles in one query (PostgreSQL) or one per provider (SQLite).
-async fn provider_profiles(
+/// Writes the notification log rows of queued notify jobs, in one statement.
+pub(crate) async fn insert_logs(
     tx: &mut Tx<'_>,
-    ids: &[String],
-) -> Result<HashMap<String, Option<ProviderProfile>>, HandlerError> {
-    let mut profiles = HashMap::with_capacity(ids.len());
-    let Tx::Postgres(conn) = tx else {
-        for id in ids {
-            let profile = provider_profile(tx, id).await?;
-            profiles.insert(id.clone(), profile);
-        }
-        return Ok(profiles);
-    };
-    const SQL: &str = "SELECT aggregate_id, payload::text FROM events \
-                        WHERE aggregate_type = 'provider' AND aggregate_id = ANY($1) \
-                        ORDER BY aggregate_id, sequence";
-    let rows: Vec<(String, String)> = sqlx::query_as(SQL).bind(ids).fetch_all(&mut **conn).await?;
-    for id in ids {
-        profiles.insert(id.clone(), None);
-    }
-    for (id, payload) in rows {
-        let ProviderEvent::Registered { profile, .. } = serde_json::from_str(&payload)?;
-        profiles.insert(id, Some(profile));
-    }
-    Ok(profiles)
-}
-
-/// The consultation as it stood before `sequence`.
-pub(crate) async fn state_before(
-    tx: &mut Tx<'_>,
-    id: &str,
-    sequence: i64,
-) -> Result<Consultation, HandlerError> {
-    let sql = match tx {
-        Tx::Postgres(_) => {
-            "SELECT event_type, event_version, payload::text FROM events \
-             WHERE aggregate_type = 'consultation' \
-             AND aggregate_id = $1 AND sequence < $2 ORDER BY sequence"
-        }
-        Tx::Sqlite(_) => {
-            "SELECT event_type, event_version, payload FROM events \
-             WHERE aggregate_type = 'consultation' \
-             AND aggregate_id = $1 AND sequence < $2 ORDER BY sequence"
-        }
-    };
-    let rows: Vec<(String, String, String)> = with_tx!(tx, conn => {
-        sqlx::query_as(sql).bind(id).bind(sequence).fetch_all(conn).await?
-    });
-    let mut state = Consultation::default();
-    for (event_type, version, payload) in rows {
-        let payload = consult_domain::upcast::upcast_text(&event_type, &version, payload);
-        state.evolve(serde_json::from_str(&payload)?);
-    }
-    Ok(state)
-}
-
-/// A provider's profile from its stream.
-pub(crate) async fn provider_profile(
-    tx: &mut Tx<'_>,
-    id: &str,
-) -> Result<Option<ProviderProfile>, HandlerError> {
-    let sql = match tx {
-        Tx::Postgres(_) => {
-            "SELECT payload::text FROM events WHERE aggregate_type = 'provider' \
-             AND aggregate_id = $1 ORDER BY sequence"
-        }
-        Tx::Sqlite(_) => {
-            "SELECT payload FROM events WHERE aggregate_type = 'provider' \
-             AND aggregate_id = $1 ORDER BY sequence"
-        }
-    };
-    let payloads: Vec<String> = with_tx!(tx, conn => {
-        sqlx::query_scalar(sql).bind(id).fetch_all(conn).await?
-    });
-    let mut profile = None;
-    for payload in payloads {
-        let ProviderEvent::Registered { profile: p, .. } = serde_json::from_str(&payload)?;
-        profile = Some(p);
-    }
-    Ok(profile)
-}
-
-pub(crate) async fn insert_log(
-    tx: &mut Tx<'_>,
-    job: &NewJob,
+    jobs: &[&NewJob],
     now_ms: i64,
 ) -> Result<(), HandlerError> {
-    let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
-    const SQL: &str = "INSERT INTO notification_log (id, consultation_id, recipient_role, \
-                       channel, kind, recipient_masked, status, attempts, scheduled_for_ms, \
-                       updated_at_ms, recipient_key, sender_key) \
-                       VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $9, $10) \
-                       ON CONFLICT (id) DO NOTHING";
-    with_tx!(tx, conn => {
-        sqlx::query(SQL)
-            .bind(&job.id)
-            .bind(&job.consultation_id)
-            .bind(payload.recipient.as_str())
-            .bind(payload.channel.as_str())
-            .bind(payload.kind.as_str())
-            .bind(mask(&payload.to))
-            .bind(job.due_at_ms)
-            .bind(now_ms)
-            .bind(recipient_key(&payload.to))
-            .bind(sender_key(&payload.sender))
-            .execute(conn)
-            .await
-            .map(|_| ())?
-    });
-    Ok(())
-}
-
-/// The notification log rows of several queued notify jobs, in one statement (PostgreSQL).
-async fn insert_logs(tx: &mut Tx<'_>, jobs: &[&NewJob], now_ms: i64) -> Result<(), HandlerError> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let Tx::Postgres(conn) = tx else {
-        for job in jobs {
-            insert_log(tx, job, now_ms).await?;
-        }
-        return Ok(());
-    };
-    let mut columns: [Vec<String>; 8] = Default::default();
-    let mut scheduled = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let payload: NotifyPayload = serde_json::from_value(job.payload.clone())?;
-        let [id, consultation, role, channel, kind, masked, key, sender] = &mut columns;
-        id.push(job.id.clone());
-        consultation.push(job.consultation_id.clone());
-        role.push(payload.recipient.as_str().to_owned());
-        channel.push(payload.channel.as_str().to_owned());
-        kind.push(payload.kind.as_str().to_owned());
-        masked.push(mask(&payload.to));
-        key.push(recipient_key(&payload.to));
-        sender.push(sender_key(&payload.sender));
-        scheduled.push(job.due_at_ms);
-    }
-    const SQL: &str = "INSERT INTO notification_log (id, consultation_id, recipient_role, \
-                       channel, kind, recipient_masked, status, attempts, scheduled_for_ms, \
-                       updated_at_ms, recipient_key, sender_key) \
-                       SELECT id, consultation_id, role, channel, kind, masked, 'pending', 0, \
-                              scheduled, $9, key, sender \
-                         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                     $6::text[], $7::text[], $8::bigint[], $10::text[]) \
-                              AS t(id, consultation_id, role, channel, kind, masked, key, scheduled, \
-                                   sender) \
-                       ON CONFLICT (id) DO NOTHING";
-    let [id, consultation, role, channel, kind, masked, key, sender] = &columns;
-    sqlx::query(SQL)
-        .bind(id)
-        .bind(consultation)
-        .bind(role)
-        .bind(channel)
-        .bind(kind)
-        .bind(masked)
-        .bind(key)
-        .bind(&scheduled)
-        .bind(now_ms)
-        .bind(sender)
-        .execute(&mut **conn)
-        .await?;
+    let rows = jobs
+        .iter()
+        .map(|job| log_row(job))
+        .collect::<Result<Vec<_>, _>>()?;
+    notification_log::insert_many(tx, &rows, now_ms).await?;
     Ok(())
 }
 
@@ -646,14 +506,11 @@ fn react(
         }
         E::Declined { .. } => {
             let mut notice = base(NotificationKind::Declined);
-            notice.refund = Some(
-                if before.payment == PaymentStatus::Paid {
-                    "full"
-                } else {
-                    "not_paid"
-                }
-                .to_owned(),
-            );
+            notice.refund = Some(if before.payment == PaymentStatus::Paid {
+                RefundNote::Full
+            } else {
+                RefundNote::NotPaid
+            });
             notify(Recipient::Patient, notice, plan);
         }
         E::PaymentConfirmed {
@@ -692,33 +549,20 @@ fn react(
         E::Cancelled { by, refund, .. } => {
             let mut notice = base(NotificationKind::Cancelled);
             notice.refund = match refund {
-                RefundDue::Full => Some("full".to_owned()),
-                RefundDue::NoneLate => Some("late".to_owned()),
+                RefundDue::Full => Some(RefundNote::Full),
+                RefundDue::NoneLate => Some(RefundNote::Late),
                 RefundDue::NotDue if before.payment == PaymentStatus::Unpaid => {
-                    Some("not_paid".to_owned())
+                    Some(RefundNote::NotPaid)
                 }
                 RefundDue::NotDue => None,
             };
-            notice.cancelled_by = Some(
-                match by {
-                    Canceller::Patient => "patient",
-                    Canceller::Provider => "provider",
-                    Canceller::Admin => "clinic",
-                }
-                .to_owned(),
-            );
+            notice.cancelled_by = Some(*by);
             notify(Recipient::Patient, notice.clone(), plan);
             notify(Recipient::Provider, notice, plan);
         }
         E::Expired { cause, .. } => {
             let mut notice = base(NotificationKind::Expired);
-            notice.expiry = Some(
-                match cause {
-                    ExpiryCause::NotAcceptedInTime => "not_accepted",
-                    ExpiryCause::UnpaidAtStart => "unpaid",
-                }
-                .to_owned(),
-            );
+            notice.expiry = Some(*cause);
             notify(Recipient::Patient, notice, plan);
         }
         _ => {}
@@ -752,9 +596,9 @@ pub(crate) struct Notice {
     pub previous_starts_at: Option<DateTime<Utc>>,
     pub amount_minor: Option<i64>,
     pub currency: Option<String>,
-    pub refund: Option<String>,
-    pub cancelled_by: Option<String>,
-    pub expiry: Option<String>,
+    pub refund: Option<RefundNote>,
+    pub cancelled_by: Option<Canceller>,
+    pub expiry: Option<ExpiryCause>,
     /// Offset, whether it is the last reminder, by email, by text.
     pub reminder: Option<(Duration, bool, bool, bool)>,
 }
@@ -840,14 +684,14 @@ fn notify_jobs(
                 .as_ref()
                 .map(|p| p.as_str().to_owned()),
             booking.contact.whatsapp,
-            booking.timezone.name().to_owned(),
+            booking.timezone,
         ),
         Recipient::Provider => match provider {
             Some(p) => (
                 Some(p.email.as_str().to_owned()),
                 Some(p.phone.as_str().to_owned()),
                 false,
-                p.timezone.name().to_owned(),
+                p.timezone,
             ),
             None => {
                 tracing::warn!(consultation = context.id, "provider unknown: not notified");
@@ -883,17 +727,17 @@ fn notify_jobs(
                 kind: notice.kind,
                 channel,
                 to: address,
-                timezone: timezone.clone(),
+                timezone,
                 provider_name: provider_name.clone(),
-                mode: booking.mode.as_str().to_owned(),
+                mode: booking.mode,
                 starts_at: notice.starts_at,
                 ends_at: notice.ends_at,
                 previous_starts_at: notice.previous_starts_at,
                 amount_minor: notice.amount_minor,
                 currency: notice.currency.clone(),
-                refund: notice.refund.clone(),
-                cancelled_by: notice.cancelled_by.clone(),
-                expiry: notice.expiry.clone(),
+                refund: notice.refund,
+                cancelled_by: notice.cancelled_by,
+                expiry: notice.expiry,
                 reminder_offset_secs: notice.reminder.map(|r| r.0.as_secs()),
                 reminder_is_final: notice.reminder.is_some_and(|r| r.1),
                 sender: match to {
@@ -971,13 +815,13 @@ pub(crate) async fn load_for_timer(
     tx: &mut Tx<'_>,
     id: &str,
 ) -> Result<(Consultation, Option<ProviderProfile>), HandlerError> {
-    let state = state_before(tx, id, i64::MAX).await?;
+    let state = events::consultation_before(tx, id, i64::MAX).await?;
     let provider_id = state
         .booking
         .as_ref()
         .map(|b| b.provider_id.as_str().to_owned())
         .unwrap_or_default();
-    let provider = provider_profile(tx, &provider_id).await?;
+    let provider = events::provider_profile(tx, &provider_id).await?;
     Ok((state, provider))
 }
 

@@ -16,10 +16,9 @@ use consult_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{self, Job, JobKind, NewJob};
 use crate::media::MediaOutcome;
 use crate::payments::{PaymentProvider, RefundRequest};
-use crate::reactor::state_before;
+use consult_store::jobs::{self, Job, JobKind, NewJob};
 
 /// A refund job's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +69,12 @@ impl Handler for RefundsReactor {
                     continue;
                 }
                 if !states.contains_key(event.aggregate_id.as_str()) {
-                    let before = state_before(tx, &event.aggregate_id, event.sequence).await?;
+                    let before = consult_store::events::consultation_before(
+                        tx,
+                        &event.aggregate_id,
+                        event.sequence,
+                    )
+                    .await?;
                     states.insert(&event.aggregate_id, before);
                 }
                 let Some(state) = states.get_mut(event.aggregate_id.as_str()) else {

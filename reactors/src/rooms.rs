@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use consult_domain::{Consultation, ConsultationEvent, Mode, Party, RoomEndReason, Status};
-use consult_store::{with_tx, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
+use consult_store::{calls, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{self, JobKind, NewJob};
-use crate::reactor::{chrono_duration, state_before};
+use crate::reactor::chrono_duration;
+use consult_store::jobs::{self, JobKind, NewJob};
 
 /// What the rooms reactor needs to know.
 #[derive(Debug, Clone)]
@@ -291,7 +291,12 @@ impl Handler for RoomsReactor {
                         .is_some_and(|from| e.sequence >= *from)
             }) {
                 if !states.contains_key(&event.aggregate_id) {
-                    let before = state_before(tx, &event.aggregate_id, event.sequence).await?;
+                    let before = consult_store::events::consultation_before(
+                        tx,
+                        &event.aggregate_id,
+                        event.sequence,
+                    )
+                    .await?;
                     states.insert(event.aggregate_id.clone(), before);
                 }
                 let Some(state) = states.get_mut(&event.aggregate_id) else {
@@ -336,24 +341,11 @@ impl Handler for RoomsReactor {
                         consultation_id,
                         by,
                     } => {
-                        const SQL: &str = "INSERT INTO calls (id, consultation_id, requested_by, \
-                                           status, created_at_ms, updated_at_ms) \
-                                           VALUES ($1, $2, $3, 'queued', $4, $4) \
-                                           ON CONFLICT (id) DO NOTHING";
                         let by = match by {
                             Party::Patient => "patient",
                             Party::Provider => "provider",
                         };
-                        with_tx!(tx, conn => {
-                            sqlx::query(SQL)
-                                .bind(id)
-                                .bind(consultation_id)
-                                .bind(by)
-                                .bind(now_ms)
-                                .execute(conn)
-                                .await
-                                .map(|_| ())?
-                        });
+                        calls::insert(tx, id, consultation_id, by, now_ms).await?;
                     }
                 }
             }

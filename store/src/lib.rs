@@ -17,16 +17,22 @@ macro_rules! with_pool {
     };
 }
 
+pub mod calls;
 mod chain;
 mod error;
+pub mod events;
 mod execute;
+pub mod export;
 mod files;
 mod idempotency;
+pub mod jobs;
 mod log;
 mod metadata;
+pub mod notification_log;
 mod pg_repository;
 mod rate_limit;
 mod subscription;
+mod write;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -51,6 +57,7 @@ pub use subscription::{
     BoxFuture, Flush, Handler, HandlerError, Replay, Runner, RunnerOptions, SubscriptionStatus, Tx,
     FIRST_BATCH, LAG_COUNT_CAP,
 };
+pub use write::WriteTx;
 
 /// Which database holds the events. Both pools are cheap handles to shared connection pools.
 #[derive(Debug, Clone)]

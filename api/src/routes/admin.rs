@@ -181,7 +181,7 @@ pub async fn metrics(
         "# HELP consult_jobs Jobs (notifications, reminders, deadlines) by kind and status."
     );
     let _ = writeln!(text, "# TYPE consult_jobs gauge");
-    for (kind, status, count) in consult_reactors::jobs::counts(&state.store).await? {
+    for (kind, status, count) in consult_store::jobs::counts(&state.store).await? {
         let _ = writeln!(
             text,
             "consult_jobs{{kind=\"{kind}\",status=\"{status}\"}} {count}"

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, TimeZone as _, Utc};
 use consult_domain::Consultation;
-use consult_store::{with_pool, StoreError};
+use consult_store::{calls, events, jobs, notification_log, with_pool, StoreError};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -133,18 +133,6 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
     }
 }
 
-type EventRow = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-);
-
 /// Parses the event metadata we write (`actor_id`, `actor_role`, `correlation_id`,
 /// `causation_id`, `request_id`).
 fn metadata(text: &str) -> Value {
@@ -186,14 +174,15 @@ pub async fn build_history(
     id: &str,
     as_of: Option<DateTime<Utc>>,
 ) -> Result<Option<Value>, ApiError> {
-    let rows = events(store, id).await?;
+    let rows = events::consultation_stream(store, id).await?;
     if rows.is_empty() {
         return Ok(None);
     }
     let mut consultation = Consultation::default();
     let mut items = Vec::new();
-    for (sequence, position, recorded_at, event_type, version, payload, meta, prev, hash) in rows {
-        let recorded = parse_recorded(&recorded_at);
+    for event in rows {
+        let sequence = event.sequence;
+        let recorded = parse_recorded(&event.recorded_at);
         if let (Some(as_of), Some(recorded)) = (as_of, recorded) {
             // At the precision `recorded_at` is shown with (PostgreSQL keeps microseconds):
             // `as_of` = an event's `recorded_at` includes that event.
@@ -201,9 +190,10 @@ pub async fn build_history(
                 break;
             }
         }
-        let payload_value: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-        let current = consult_domain::upcast::upcast_text(&event_type, &version, payload);
-        match serde_json::from_str(&current) {
+        // Shown as stored (what the hash covers); folded in its current shape.
+        let payload_value: Value =
+            serde_json::from_str(&event.stored_payload).unwrap_or(Value::Null);
+        match serde_json::from_str(&event.payload) {
             Ok(event) => consultation.evolve(event),
             Err(err) => {
                 return Err(ApiError::Internal(
@@ -211,20 +201,20 @@ pub async fn build_history(
                 ))
             }
         }
-        let meta = metadata(&meta);
+        let meta = metadata(&event.metadata);
         items.push(json!({
             "sequence": sequence,
-            "position": position,
-            "type": event_type,
-            "version": version,
+            "position": event.position,
+            "type": event.event_type,
+            "version": event.event_version,
             "recorded_at": recorded.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             "actor": {"id": meta["actor_id"], "role": meta["actor_role"]},
             "correlation_id": meta["correlation_id"],
             "causation_id": meta["causation_id"],
             "request_id": meta["request_id"],
             "payload": payload_value,
-            "prev_hash": prev,
-            "hash": hash,
+            "prev_hash": event.prev_hash,
+            "hash": event.hash,
         }));
     }
     let until_ms = as_of.map_or(i64::MAX, |t| t.timestamp_millis());
@@ -255,128 +245,33 @@ fn parse_recorded(text: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-async fn events(store: &consult_store::Store, id: &str) -> Result<Vec<EventRow>, ApiError> {
-    let rows: Vec<EventRow> = match store.db() {
-        consult_store::Db::Postgres(pool) => sqlx::query_as(
-            "SELECT sequence, position, \
-                    to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                    event_type, event_version, payload::text, metadata::text, prev_hash, hash \
-               FROM events WHERE aggregate_type = 'consultation' AND aggregate_id = $1 \
-              ORDER BY sequence",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?,
-        consult_store::Db::Sqlite(pool) => sqlx::query_as(
-            "SELECT sequence, position, recorded_at, event_type, event_version, payload, \
-                    metadata, prev_hash, hash \
-               FROM events WHERE aggregate_type = 'consultation' AND aggregate_id = $1 \
-              ORDER BY sequence",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?,
-    };
-    Ok(rows)
-}
-
-type NotificationRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i32,
-    Option<String>,
-    i64,
-    Option<i64>,
-    Option<String>,
-);
-type CallRow = (
-    String,
-    String,
-    Option<String>,
-    String,
-    Option<i32>,
-    Option<String>,
-    i64,
-    i64,
-);
-type JobRow = (
-    String,
-    String,
-    String,
-    i32,
-    Option<String>,
-    i64,
-    i64,
-    Option<i64>,
-);
-
 /// The outcomes of what the events caused, recorded up to `until_ms`.
 async fn side_effects(
     store: &consult_store::Store,
     id: &str,
     until_ms: i64,
 ) -> Result<Value, ApiError> {
-    let db = store.db();
-    let notifications: Vec<NotificationRow> = with_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT id, recipient_role, channel, kind, recipient_masked, status, attempts, \
-                    provider_message_id, scheduled_for_ms, sent_at_ms, last_error \
-               FROM notification_log WHERE consultation_id = $1 AND scheduled_for_ms <= $2 \
-              ORDER BY scheduled_for_ms, id",
-        )
-        .bind(id)
-        .bind(until_ms)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?
-    });
-    let calls: Vec<CallRow> = with_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT id, requested_by, provider_call_id, status, duration_seconds, last_error, \
-                    created_at_ms, updated_at_ms \
-               FROM calls WHERE consultation_id = $1 AND created_at_ms <= $2 \
-              ORDER BY created_at_ms, id",
-        )
-        .bind(id)
-        .bind(until_ms)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?
-    });
-    let jobs: Vec<JobRow> = with_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT id, kind, status, attempts, last_error, created_at_ms, due_at_ms, \
-                    finished_at_ms \
-               FROM jobs WHERE consultation_id = $1 AND kind <> 'notify' AND created_at_ms <= $2 \
-              ORDER BY created_at_ms, id",
-        )
-        .bind(id)
-        .bind(until_ms)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::from)?
-    });
+    let notifications = notification_log::of_consultation_until(store, id, until_ms).await?;
+    let calls = calls::of_consultation_until(store, id, until_ms).await?;
+    let jobs = jobs::timers_of(store, id, until_ms).await?;
     Ok(json!({
         "notifications": notifications.into_iter().map(|n| json!({
-            "id": n.0, "recipient_role": n.1, "channel": n.2, "kind": n.3, "recipient": n.4,
-            "status": n.5, "attempts": n.6, "provider_message_id": n.7,
-            "scheduled_for": instant(n.8), "sent_at": n.9.and_then(instant), "last_error": n.10,
+            "id": n.id, "recipient_role": n.recipient_role, "channel": n.channel,
+            "kind": n.kind, "recipient": n.recipient_masked, "status": n.status,
+            "attempts": n.attempts, "provider_message_id": n.provider_message_id,
+            "scheduled_for": instant(n.scheduled_for_ms),
+            "sent_at": n.sent_at_ms.and_then(instant), "last_error": n.last_error,
         })).collect::<Vec<_>>(),
         "calls": calls.into_iter().map(|c| json!({
-            "id": c.0, "requested_by": c.1, "provider_call_id": c.2, "status": c.3,
-            "duration_seconds": c.4, "last_error": c.5, "created_at": instant(c.6),
-            "updated_at": instant(c.7),
+            "id": c.id, "requested_by": c.requested_by, "provider_call_id": c.provider_call_id,
+            "status": c.status, "duration_seconds": c.duration_seconds,
+            "last_error": c.last_error, "created_at": instant(c.created_at_ms),
+            "updated_at": instant(c.updated_at_ms),
         })).collect::<Vec<_>>(),
         "jobs": jobs.into_iter().map(|j| json!({
-            "id": j.0, "kind": j.1, "status": j.2, "attempts": j.3, "last_error": j.4,
-            "created_at": instant(j.5), "due_at": instant(j.6),
-            "finished_at": j.7.and_then(instant),
+            "id": j.id, "kind": j.kind, "status": j.status, "attempts": j.attempts,
+            "last_error": j.last_error, "created_at": instant(j.created_at_ms),
+            "due_at": instant(j.due_at_ms), "finished_at": j.finished_at_ms.and_then(instant),
         })).collect::<Vec<_>>(),
     }))
 }
@@ -432,13 +327,14 @@ pub async fn fhir(
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::NotFound("no such consultation"))?
         .to_string();
-    let rows = events(&state.store, &id).await?;
+    let rows = events::consultation_stream(&state.store, &id).await?;
     let mut consultation = Consultation::default();
     let mut history = Vec::with_capacity(rows.len());
     for row in &rows {
-        let current = consult_domain::upcast::upcast_text(&row.3, &row.4, row.5.clone());
-        let event: consult_domain::ConsultationEvent = serde_json::from_str(&current)
-            .map_err(|e| ApiError::Internal(format!("event {} of {id}: {e}", row.0).into()))?;
+        let event: consult_domain::ConsultationEvent =
+            serde_json::from_str(&row.payload).map_err(|e| {
+                ApiError::Internal(format!("event {} of {id}: {e}", row.sequence).into())
+            })?;
         consultation.evolve(event.clone());
         history.push(event);
     }

@@ -18,7 +18,7 @@ use consult_domain::{
     RoomEndReason, Status,
 };
 use consult_reactors::video::AccessGrant;
-use consult_store::{with_pool, ExecuteError, Metadata, StoreError};
+use consult_store::{calls, ExecuteError, Metadata};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -389,14 +389,7 @@ pub async fn call_status(
     let duration: u32 = param(&params, "CallDuration")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let last: Option<Option<i64>> = with_pool!(state.store.db(), pool => {
-        sqlx::query_scalar("SELECT last_sequence FROM calls WHERE id = $1 AND consultation_id = $2")
-            .bind(call_id)
-            .bind(consultation_id)
-            .fetch_optional(pool)
-            .await
-            .map_err(StoreError::from)?
-    });
+    let last = calls::last_sequence(&state.store, call_id, consultation_id).await?;
     let Some(last) = last else {
         tracing::warn!(
             call_id,
@@ -441,26 +434,19 @@ pub async fn call_status(
         .await?
     };
     let final_status = FINAL_CALL_STATUSES.contains(&status);
-    const SQL: &str = "UPDATE calls SET provider_call_id = COALESCE(provider_call_id, $3), \
-                              status = $4, last_sequence = $5, \
-                              duration_seconds = CASE WHEN $6 THEN $7 ELSE duration_seconds END, \
-                              updated_at_ms = $8 \
-                        WHERE id = $1 AND consultation_id = $2 \
-                          AND (last_sequence IS NULL OR last_sequence < $5)";
-    with_pool!(state.store.db(), pool => {
-        sqlx::query(SQL)
-            .bind(call_id)
-            .bind(consultation_id)
-            .bind(sid)
-            .bind(status)
-            .bind(sequence)
-            .bind(final_status)
-            .bind(i64::from(duration))
-            .bind(now.timestamp_millis())
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?;
-    });
+    calls::record_status(
+        &state.store,
+        &calls::CallStatus {
+            id: call_id,
+            consultation_id,
+            provider_call_id: sid,
+            status,
+            sequence,
+            final_duration_seconds: final_status.then_some(i64::from(duration)),
+            now_ms: now.timestamp_millis(),
+        },
+    )
+    .await?;
     tracing::info!(call_id, status, sequence, recorded = written, "call status");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -7,8 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{TimeZone as _, Utc};
 use consult_domain::Consultation;
-use consult_reactors::jobs;
-use consult_store::{with_pool, StoreError};
+use consult_store::{jobs, notification_log};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -21,21 +20,6 @@ fn instant(ms: Option<i64>) -> Value {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
         .map_or(Value::Null, |t| json!(t))
 }
-
-type LogRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i32,
-    Option<String>,
-    i64,
-    Option<i64>,
-    Option<String>,
-    i64,
-);
 
 /// `GET /v1/consultations/{id}/notifications` (its participants, admin, auditor): every
 /// notification of the consultation with its outcome. Recipients are masked.
@@ -57,30 +41,23 @@ pub async fn list(
     if !caller.may_see(booking.patient_id.as_str(), booking.provider_id.as_str()) {
         return Err(ApiError::Forbidden("this consultation is not yours"));
     }
-    const SQL: &str = "SELECT id, recipient_role, channel, kind, recipient_masked, status, \
-                              attempts, provider_message_id, scheduled_for_ms, sent_at_ms, \
-                              last_error, updated_at_ms \
-                         FROM notification_log WHERE consultation_id = $1 \
-                        ORDER BY scheduled_for_ms, kind, recipient_role, channel, id";
-    let rows: Vec<LogRow> = with_pool!(state.store.db(), pool => {
-        sqlx::query_as(SQL).bind(&id).fetch_all(pool).await.map_err(StoreError::from)?
-    });
+    let rows = notification_log::of_consultation(&state.store, &id).await?;
     let items: Vec<Value> = rows
         .into_iter()
         .map(|r| {
             json!({
-                "id": r.0,
-                "recipient_role": r.1,
-                "channel": r.2,
-                "kind": r.3,
-                "recipient": r.4,
-                "status": r.5,
-                "attempts": r.6,
-                "provider_message_id": r.7,
-                "scheduled_for": instant(Some(r.8)),
-                "sent_at": instant(r.9),
-                "last_error": r.10,
-                "updated_at": instant(Some(r.11)),
+                "id": r.id,
+                "recipient_role": r.recipient_role,
+                "channel": r.channel,
+                "kind": r.kind,
+                "recipient": r.recipient_masked,
+                "status": r.status,
+                "attempts": r.attempts,
+                "provider_message_id": r.provider_message_id,
+                "scheduled_for": instant(Some(r.scheduled_for_ms)),
+                "sent_at": instant(r.sent_at_ms),
+                "last_error": r.last_error,
+                "updated_at": instant(Some(r.updated_at_ms)),
             })
         })
         .collect();
@@ -125,11 +102,6 @@ pub async fn retry(
     let Some(job) = jobs::retry_dead(&state.store, &id, now).await? else {
         return Err(ApiError::NotFound("no dead letter with this id"));
     };
-    const SQL: &str = "UPDATE notification_log SET status = 'pending', last_error = NULL, \
-                       updated_at_ms = $2 WHERE id = $1";
-    with_pool!(state.store.db(), pool => {
-        sqlx::query(SQL).bind(&job.id).bind(now).execute(pool).await.map(|_| ()).map_err(StoreError::from)?
-    });
     tracing::info!(job = %job.id, kind = %job.kind, "dead letter re-queued");
     let mut body = dead_letter(&job);
     body["state"] = json!("pending");
@@ -179,23 +151,15 @@ pub async fn twilio_status(
     let error = field("ErrorCode").map(|code| format!("Twilio error {code} ({status})"));
     let now = state.clock.now().timestamp_millis();
     // Final states stay final; `sent` only moves a message that was not further along.
-    const SQL: &str = "UPDATE notification_log SET status = $2, \
-                              last_error = COALESCE($3, last_error), updated_at_ms = $4 \
-                        WHERE provider_message_id = $1 \
-                          AND status NOT IN ('delivered', 'failed') \
-                          AND NOT ($2 = 'sent' AND status = 'sent')";
-    let updated = with_pool!(state.store.db(), pool => {
-        sqlx::query(SQL)
-            .bind(sid)
-            .bind(new_status)
-            .bind(error.as_deref())
-            .bind(now)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected()
-    });
-    if updated == 0 {
+    let updated = notification_log::apply_delivery_status(
+        &state.store,
+        sid,
+        new_status,
+        error.as_deref(),
+        now,
+    )
+    .await?;
+    if !updated {
         tracing::info!(
             status = new_status,
             "Twilio callback for an unknown message or an older status"
