@@ -28,6 +28,11 @@ mod pg_repository;
 mod rate_limit;
 mod subscription;
 
+mod access_log;
+mod payment_events;
+mod shadow;
+mod summaries;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +56,10 @@ pub use subscription::{
     BoxFuture, Flush, Handler, HandlerError, Replay, Runner, RunnerOptions, SubscriptionStatus, Tx,
     FIRST_BATCH, LAG_COUNT_CAP,
 };
+
+pub use access_log::{AccessEntry, AccessRecord};
+pub use payment_events::{PaymentEventClaim, PaymentEventRow};
+pub use summaries::{Summaries, Summary, SummaryFilter, SummaryState, SummaryWindow, SummaryWrite};
 
 /// Which database holds the events. Both pools are cheap handles to shared connection pools.
 #[derive(Debug, Clone)]
