@@ -7,7 +7,6 @@
 
 mod consultations;
 mod queries;
-mod shadow;
 
 use std::sync::Arc;
 

@@ -3,30 +3,12 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use consult_domain::Consultation;
-use consult_store::{with_pool, Store, StoreError};
-use sqlx::types::Json;
-use sqlx::QueryBuilder;
+use consult_store::{Store, StoreError, SummaryFilter};
 
 /// One row of the read model.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Summary {
-    pub id: String,
-    pub patient_id: String,
-    pub provider_id: String,
-    pub status: String,
-    pub payment_status: String,
-    pub mode: String,
-    pub starts_at_ms: i64,
-    pub ends_at_ms: i64,
-    /// The stream's last sequence folded into this row.
-    pub version: i64,
-    /// Global position of that event.
-    pub position: i64,
-    pub updated_at_ms: i64,
-    /// The consultation as its events make it.
-    pub state: Json<Consultation>,
-}
+pub use consult_store::Summary;
+/// How a time range selects consultations.
+pub use consult_store::SummaryWindow as TimeWindow;
 
 /// Where a page ends: the sort key of its last item. Opaque to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,16 +43,6 @@ impl Cursor {
     }
 }
 
-/// How a time range selects consultations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TimeWindow {
-    /// `from <= starts_at < to` (the list).
-    #[default]
-    Starts,
-    /// `starts_at < to && ends_at > from` (a schedule: whatever occupies part of the range).
-    Overlaps,
-}
-
 /// What a list asks for. Every field narrows; `None` does not filter.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -92,63 +64,30 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-const COLUMNS: &str = "SELECT id, patient_id, provider_id, status, payment_status, mode, \
-                       starts_at_ms, ends_at_ms, version, position, updated_at_ms, state \
-                       FROM consultation_summaries";
-
 /// One consultation's row, if the projection has it.
 pub async fn consultation(store: &Store, id: &str) -> Result<Option<Summary>, StoreError> {
-    let sql = format!("{COLUMNS} WHERE id = $1");
-    Ok(with_pool!(store.db(), pool => {
-        sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?
-    }))
+    store.consultation_summary(id).await
 }
 
 /// A page of consultations in start order (then id), after the filter's cursor.
 pub async fn consultations(store: &Store, filter: &ListFilter) -> Result<Page, StoreError> {
     let limit = filter.limit.clamp(1, 1000);
-    let mut items: Vec<Summary> = with_pool!(store.db(), pool => {
-        let mut query = QueryBuilder::new(COLUMNS);
-        query.push(" WHERE 1 = 1");
-        if let Some(patient) = &filter.patient_id {
-            query.push(" AND patient_id = ").push_bind(patient);
-        }
-        if let Some(provider) = &filter.provider_id {
-            query.push(" AND provider_id = ").push_bind(provider);
-        }
-        if !filter.statuses.is_empty() {
-            query.push(" AND status IN (");
-            let mut list = query.separated(", ");
-            for status in &filter.statuses {
-                list.push_bind(status);
-            }
-            query.push(")");
-        }
-        let (lower, upper) = match filter.window {
-            TimeWindow::Starts => ("starts_at_ms >= ", "starts_at_ms < "),
-            TimeWindow::Overlaps => ("ends_at_ms > ", "starts_at_ms < "),
-        };
-        if let Some(from) = filter.from {
-            query.push(" AND ").push(lower).push_bind(from.timestamp_millis());
-        }
-        if let Some(to) = filter.to {
-            query.push(" AND ").push(upper).push_bind(to.timestamp_millis());
-        }
-        if let Some(after) = &filter.after {
-            query
-                .push(" AND (starts_at_ms > ")
-                .push_bind(after.starts_at_ms)
-                .push(" OR (starts_at_ms = ")
-                .push_bind(after.starts_at_ms)
-                .push(" AND id > ")
-                .push_bind(&after.id)
-                .push("))");
-        }
-        query
-            .push(" ORDER BY starts_at_ms, id LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        query.build_query_as().fetch_all(pool).await?
-    });
+    let mut items = store
+        .consultation_summaries(&SummaryFilter {
+            patient_id: filter.patient_id.as_deref(),
+            provider_id: filter.provider_id.as_deref(),
+            statuses: &filter.statuses,
+            from_ms: filter.from.map(|from| from.timestamp_millis()),
+            to_ms: filter.to.map(|to| to.timestamp_millis()),
+            window: filter.window,
+            after: filter
+                .after
+                .as_ref()
+                .map(|after| (after.starts_at_ms, after.id.as_str())),
+            // One more than asked: whether it comes tells whether there is a next page.
+            limit: i64::from(limit) + 1,
+        })
+        .await?;
     let next = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|last| Cursor {

@@ -34,6 +34,11 @@ mod rate_limit;
 mod subscription;
 mod write;
 
+mod access_log;
+mod payment_events;
+mod shadow;
+mod summaries;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +63,10 @@ pub use subscription::{
     FIRST_BATCH, LAG_COUNT_CAP,
 };
 pub use write::WriteTx;
+
+pub use access_log::{AccessEntry, AccessRecord};
+pub use payment_events::{PaymentEventClaim, PaymentEventRow};
+pub use summaries::{Summaries, Summary, SummaryFilter, SummaryState, SummaryWindow, SummaryWrite};
 
 /// Which database holds the events. Both pools are cheap handles to shared connection pools.
 #[derive(Debug, Clone)]

@@ -107,25 +107,23 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
         || ("anonymous".to_owned(), "none".to_owned()),
         |c| (c.id, c.role.as_str().to_owned()),
     );
-    const SQL: &str = "INSERT INTO access_log (at_ms, actor_id, actor_role, action, \
-                       consultation_id, outcome, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)";
-    let written = with_pool!(state.store.db(), pool => {
-        sqlx::query(SQL)
-            .bind(state.clock.now().timestamp_millis())
-            .bind(&actor_id)
-            .bind(&actor_role)
-            .bind(action)
-            .bind(consultation_id.chars().take(64).collect::<String>())
-            .bind(i32::from(response.status().as_u16()))
-            .bind(&request_id)
-            .execute(pool)
-            .await
-            .map(|_| ())
-    });
+    let consultation_id: String = consultation_id.chars().take(64).collect();
+    let written = state
+        .store
+        .record_access(&consult_store::AccessRecord {
+            at_ms: state.clock.now().timestamp_millis(),
+            actor_id: &actor_id,
+            actor_role: &actor_role,
+            action,
+            consultation_id: &consultation_id,
+            outcome: i32::from(response.status().as_u16()),
+            request_id: &request_id,
+        })
+        .await;
     match written {
-        Ok(_) => response,
+        Ok(()) => response,
         Err(err) => {
-            tracing::error!(error = %err, action, "cannot record an access; the read is refused");
+            tracing::error!(error = %consult_store::error_chain(&err), action, "cannot record an access; the read is refused");
             // 503 whatever the cause (not only when the database is unreachable): the read
             // itself was fine, it is the log that cannot take it now.
             ApiError::Unavailable.into_response()
@@ -276,8 +274,6 @@ async fn side_effects(
     }))
 }
 
-type AccessRow = (i64, i64, String, String, String, String, i32, String);
-
 /// `GET /v1/admin/access-log?consultation_id=&actor_id=` (auditor, admin): who read what,
 /// newest first, at most 500 entries.
 pub async fn access_entries(
@@ -287,30 +283,21 @@ pub async fn access_entries(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     params.only(&["consultation_id", "actor_id"])?;
-    const SQL: &str = "SELECT id, at_ms, actor_id, actor_role, action, consultation_id, \
-                              outcome, request_id FROM access_log \
-                        WHERE ($1 IS NULL OR consultation_id = $1) \
-                          AND ($2 IS NULL OR actor_id = $2) \
-                        ORDER BY at_ms DESC, id DESC LIMIT 500";
-    let rows: Vec<AccessRow> = with_pool!(state.store.db(), pool => {
-        sqlx::query_as(SQL)
-            .bind(params.get("consultation_id"))
-            .bind(params.get("actor_id"))
-            .fetch_all(pool)
-            .await
-            .map_err(StoreError::from)?
-    });
+    let rows = state
+        .store
+        .access_entries(params.get("consultation_id"), params.get("actor_id"))
+        .await?;
     let items: Vec<Value> = rows
         .into_iter()
         .map(|r| {
             json!({
-                "id": r.0,
-                "at": instant(r.1),
-                "actor": {"id": r.2, "role": r.3},
-                "action": r.4,
-                "consultation_id": r.5,
-                "outcome": r.6,
-                "request_id": r.7,
+                "id": r.id,
+                "at": instant(r.at_ms),
+                "actor": {"id": r.actor_id, "role": r.actor_role},
+                "action": r.action,
+                "consultation_id": r.consultation_id,
+                "outcome": r.outcome,
+                "request_id": r.request_id,
             })
         })
         .collect();

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{TimeZone as _, Utc};
 use consult_domain::{Consultation, ConsultationCommand, ConsultationError};
-use consult_store::{with_pool, ExecuteError, Metadata, StoreError};
+use consult_store::{error_chain, ExecuteError, Metadata, PaymentEventClaim};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -24,9 +24,6 @@ use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::{QueryParams, RawBody};
 use crate::AppState;
-
-/// A claim older than this, never finished, belongs to a process that died.
-const ABANDONED_AFTER_MS: i64 = 30_000;
 
 /// How long a second copy waits for the first to finish before asking for a retry.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
@@ -135,18 +132,27 @@ pub async fn webhook(
 
     let mut waited = Duration::ZERO;
     loop {
-        match claim(&state, &event, &consultation_id, now.timestamp_millis()).await? {
-            Claim::Ours => break,
-            Claim::Done(outcome) => {
+        let claim = state
+            .store
+            .claim_payment_event(
+                &event.id,
+                &event.kind,
+                &consultation_id,
+                now.timestamp_millis(),
+            )
+            .await?;
+        match claim {
+            PaymentEventClaim::Ours => break,
+            PaymentEventClaim::Done(outcome) => {
                 return Ok(Json(
                     json!({ "received": true, "duplicate": true, "outcome": outcome }),
                 ))
             }
-            Claim::Busy if waited < WAIT_FOR_FIRST => {
+            PaymentEventClaim::Busy if waited < WAIT_FOR_FIRST => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 waited += Duration::from_millis(50);
             }
-            Claim::Busy => return Err(ApiError::IdempotencyInProgress),
+            PaymentEventClaim::Busy => return Err(ApiError::IdempotencyInProgress),
         }
     }
     let processed = process(&state, &event, &consultation_id).await;
@@ -171,73 +177,9 @@ pub async fn webhook(
     ))
 }
 
-enum Claim {
-    Ours,
-    Done(String),
-    Busy,
-}
-
-async fn claim(
-    state: &AppState,
-    event: &ProviderEvent,
-    consultation_id: &str,
-    now_ms: i64,
-) -> Result<Claim, ApiError> {
-    const INSERT: &str = "INSERT INTO payment_events (event_id, event_type, consultation_id, \
-                          received_at_ms, claimed_at_ms) VALUES ($1, $2, $3, $4, $4) \
-                          ON CONFLICT (event_id) DO NOTHING";
-    const SELECT: &str = "SELECT outcome, claimed_at_ms FROM payment_events WHERE event_id = $1";
-    const TAKE_OVER: &str = "UPDATE payment_events SET claimed_at_ms = $2 \
-                             WHERE event_id = $1 AND outcome IS NULL AND claimed_at_ms = $3";
-    let inserted = with_pool!(state.store.db(), pool => {
-        sqlx::query(INSERT)
-            .bind(&event.id)
-            .bind(&event.kind)
-            .bind(consultation_id)
-            .bind(now_ms)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected()
-    });
-    if inserted == 1 {
-        return Ok(Claim::Ours);
-    }
-    let row: Option<(Option<String>, i64)> = with_pool!(state.store.db(), pool => {
-        sqlx::query_as(SELECT)
-            .bind(&event.id)
-            .fetch_optional(pool)
-            .await
-            .map_err(StoreError::from)?
-    });
-    match row {
-        // Released between our insert and this read: try again.
-        None => Ok(Claim::Busy),
-        Some((Some(outcome), _)) => Ok(Claim::Done(outcome)),
-        Some((None, claimed)) if now_ms - claimed > ABANDONED_AFTER_MS => {
-            let taken = with_pool!(state.store.db(), pool => {
-                sqlx::query(TAKE_OVER)
-                    .bind(&event.id)
-                    .bind(now_ms)
-                    .bind(claimed)
-                    .execute(pool)
-                    .await
-                    .map_err(StoreError::from)?
-                    .rows_affected()
-            });
-            Ok(if taken == 1 { Claim::Ours } else { Claim::Busy })
-        }
-        Some((None, _)) => Ok(Claim::Busy),
-    }
-}
-
 async fn release(state: &AppState, event_id: &str) {
-    const SQL: &str = "DELETE FROM payment_events WHERE event_id = $1 AND outcome IS NULL";
-    let result = with_pool!(state.store.db(), pool => {
-        sqlx::query(SQL).bind(event_id).execute(pool).await.map(|_| ())
-    });
-    if let Err(err) = result {
-        tracing::warn!(error = %err, "cannot release a payment event's claim; it is taken over after 30 s");
+    if let Err(err) = state.store.release_payment_event(event_id).await {
+        tracing::warn!(error = %error_chain(&err), "cannot release a payment event's claim; it is taken over after 30 s");
     }
 }
 
@@ -247,19 +189,11 @@ async fn finish(
     outcome: Outcome,
     detail: Option<&str>,
 ) -> Result<(), ApiError> {
-    const SQL: &str = "UPDATE payment_events SET outcome = $2, detail = $3, finished_at_ms = $4 \
-                       WHERE event_id = $1";
     let now = state.clock.now().timestamp_millis();
-    with_pool!(state.store.db(), pool => {
-        sqlx::query(SQL)
-            .bind(event_id)
-            .bind(outcome.as_str())
-            .bind(detail)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map_err(StoreError::from)?;
-    });
+    state
+        .store
+        .finish_payment_event(event_id, outcome.as_str(), detail, now)
+        .await?;
     Ok(())
 }
 
@@ -392,16 +326,6 @@ async fn process(
     }
 }
 
-type EventRow = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    Option<i64>,
-);
-
 /// `GET /v1/admin/payment-events?outcome=&consultation_id=` (admin, auditor): what the
 /// payment webhook received and what became of it, newest first (at most 500). `flagged` and
 /// `refused` are the ones an admin must look at.
@@ -427,19 +351,10 @@ pub async fn events(
             });
         }
     }
-    const SQL: &str = "SELECT event_id, event_type, consultation_id, outcome, detail, \
-                              received_at_ms, finished_at_ms FROM payment_events \
-                        WHERE ($1 IS NULL OR outcome = $1) \
-                          AND ($2 IS NULL OR consultation_id = $2) \
-                        ORDER BY received_at_ms DESC, event_id LIMIT 500";
-    let rows: Vec<EventRow> = with_pool!(state.store.db(), pool => {
-        sqlx::query_as(SQL)
-            .bind(params.get("outcome"))
-            .bind(params.get("consultation_id"))
-            .fetch_all(pool)
-            .await
-            .map_err(StoreError::from)?
-    });
+    let rows = state
+        .store
+        .payment_events(params.get("outcome"), params.get("consultation_id"))
+        .await?;
     let at = |ms: i64| {
         Utc.timestamp_millis_opt(ms)
             .single()
@@ -449,13 +364,13 @@ pub async fn events(
         .into_iter()
         .map(|r| {
             json!({
-                "event_id": r.0,
-                "event_type": r.1,
-                "consultation_id": (!r.2.is_empty()).then_some(r.2),
-                "outcome": r.3,
-                "detail": r.4,
-                "received_at": at(r.5),
-                "finished_at": r.6.and_then(at),
+                "event_id": r.event_id,
+                "event_type": r.event_type,
+                "consultation_id": (!r.consultation_id.is_empty()).then_some(r.consultation_id),
+                "outcome": r.outcome,
+                "detail": r.detail,
+                "received_at": at(r.received_at_ms),
+                "finished_at": r.finished_at_ms.and_then(at),
             })
         })
         .collect();

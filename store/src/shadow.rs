@@ -9,6 +9,8 @@
 
 use sqlx::PgConnection;
 
+use crate::StoreError;
+
 /// A live table and the name of the copy a replay builds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shadow {
@@ -18,12 +20,12 @@ pub(crate) struct Shadow {
     pub key: &'static str,
 }
 
+/// A secondary index of the live table whose definition cannot be turned into the copy's.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ShadowError {
-    #[error("index {index} of {table}: unexpected definition, cannot build it on the copy")]
-    IndexDefinition { table: &'static str, index: String },
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
+#[error("index {index} of {table}: unexpected definition, cannot build it on the copy")]
+struct IndexDefinition {
+    table: &'static str,
+    index: String,
 }
 
 /// The suffix of an index while it is built on the copy.
@@ -31,7 +33,7 @@ const BUILDING: &str = "__next";
 
 impl Shadow {
     /// Starts a replay: an empty copy of the live table, with its primary key only.
-    pub async fn create(&self, conn: &mut PgConnection) -> Result<(), ShadowError> {
+    pub async fn create(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let Self { live, copy, key } = *self;
         let options: Option<String> = sqlx::query_scalar(
             "SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE oid = $1::regclass",
@@ -56,7 +58,7 @@ impl Shadow {
     }
 
     /// Whether a replay is writing to the copy.
-    pub async fn active(&self, conn: &mut PgConnection) -> Result<bool, ShadowError> {
+    pub async fn active(&self, conn: &mut PgConnection) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(self.copy)
             .fetch_one(conn)
@@ -64,7 +66,7 @@ impl Shadow {
     }
 
     /// Refreshes the planner's statistics of the copy's key, so lookups by key use its index.
-    pub async fn analyze_key(&self, conn: &mut PgConnection) -> Result<(), ShadowError> {
+    pub async fn analyze_key(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         sqlx::query(&format!("ANALYZE {} ({})", self.copy, self.key))
             .execute(conn)
             .await?;
@@ -73,7 +75,7 @@ impl Shadow {
 
     /// Ends a replay: builds the live table's secondary indexes on the copy, then puts the copy
     /// in the live table's place under the same names. Does nothing when no copy exists.
-    pub async fn swap(&self, conn: &mut PgConnection) -> Result<(), ShadowError> {
+    pub async fn swap(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let Self { live, copy, .. } = *self;
         if !self.active(conn).await? {
             return Ok(());
@@ -101,10 +103,10 @@ impl Shadow {
         for (index, definition) in &indexes {
             let target = format!("{index} ON {schema}.{live} ");
             if !definition.contains(&target) {
-                return Err(ShadowError::IndexDefinition {
+                return Err(StoreError::Unexpected(Box::new(IndexDefinition {
                     table: live,
                     index: index.clone(),
-                });
+                })));
             }
             let building = definition.replacen(
                 &target,
