@@ -5,17 +5,13 @@ use std::fmt;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::error::ApiError;
 use crate::AppState;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// What a caller may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,60 +83,34 @@ impl fmt::Debug for TokenKey {
     }
 }
 
-const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
-
 impl TokenKey {
     pub fn new(secret: SecretString) -> Self {
         Self { secret }
     }
 
-    fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length, so this cannot fail.
-        HmacSha256::new_from_slice(self.secret.expose_secret().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
-    }
-
-    /// Signs a token for `claims`.
+    /// Signs a token for `claims` (header `{"typ":"JWT","alg":"HS256"}`).
     pub fn mint(&self, claims: &Claims) -> String {
-        let header = URL_SAFE_NO_PAD.encode(HEADER);
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let signing_input = format!("{header}.{payload}");
-        let mut mac = self.mac();
-        mac.update(signing_input.as_bytes());
-        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{signing_input}.{signature}")
+        let key = EncodingKey::from_secret(self.secret.expose_secret().as_bytes());
+        // An HMAC key of any length and claims of strings and integers cannot fail to encode.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap_or_default()
     }
 
-    /// Checks the signature (in constant time), the algorithm and the expiry.
+    /// Checks the algorithm (HS256 only), the signature (in constant time), that `exp` is there
+    /// and the expiry against `now_unix`, the server's clock rather than the system's.
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Claims, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        let header: serde_json::Value = URL_SAFE_NO_PAD
-            .decode(header_b64)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or(TokenError::Malformed)?;
-        if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
-            return Err(TokenError::Malformed);
-        }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(header_b64.as_bytes());
-        mac.update(b".");
-        mac.update(payload.as_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| TokenError::BadSignature)?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or(TokenError::Malformed)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp"]);
+        // The expiry is checked below against the server's clock, with no leeway; audiences
+        // are not used.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let key = DecodingKey::from_secret(self.secret.expose_secret().as_bytes());
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|err| match err.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed,
+            })?
+            .claims;
         if claims.exp <= now_unix {
             return Err(TokenError::Expired);
         }
@@ -243,6 +213,9 @@ fn lifetime(claims: &Claims, now: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
     use super::*;
 
     fn key(secret: &str) -> TokenKey {
@@ -311,6 +284,32 @@ mod tests {
             600,
             "an iat in the future does not shorten it"
         );
+    }
+
+    /// Signed with the right key, yet refused: no `exp`, an `exp` that is not a number, and
+    /// another HMAC algorithm than HS256.
+    #[test]
+    fn a_signed_token_without_a_numeric_exp_or_with_another_algorithm_is_refused() {
+        let sign = |alg: Algorithm, claims: serde_json::Value| {
+            let key = EncodingKey::from_secret(b"s3cret");
+            jsonwebtoken::encode(&Header::new(alg), &claims, &key).expect("encodes")
+        };
+        let k = key("s3cret");
+        let no_exp = sign(
+            Algorithm::HS256,
+            serde_json::json!({"sub": "x", "role": "admin"}),
+        );
+        assert_eq!(k.verify(&no_exp, 0), Err(TokenError::Malformed));
+        let text_exp = sign(
+            Algorithm::HS256,
+            serde_json::json!({"sub": "x", "role": "admin", "exp": "99999999999"}),
+        );
+        assert_eq!(k.verify(&text_exp, 0), Err(TokenError::Malformed));
+        let hs512 = sign(
+            Algorithm::HS512,
+            serde_json::json!({"sub": "x", "role": "admin", "exp": 5000}),
+        );
+        assert_eq!(k.verify(&hs512, 0), Err(TokenError::Malformed));
     }
 
     #[test]

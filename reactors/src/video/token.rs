@@ -6,18 +6,22 @@
 //! (unix seconds), and `grants` = `{"identity": …, "video": {"room": …}}`. There is no `iat`.
 //! Minting is pure: no clock and no I/O, the times come in the [`AccessGrant`].
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac as _};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
-use sha2::Sha256;
 
 use super::AccessGrant;
 
-/// The JOSE header, byte for byte as Twilio's own libraries write it (keys sorted).
-const HEADER: &str = r#"{"alg":"HS256","cty":"twilio-fpa;v=1","typ":"JWT"}"#;
-
-type HmacSha256 = Hmac<Sha256>;
+/// The JOSE header, byte for byte as Twilio's own libraries write it (keys sorted):
+/// `{"alg":"HS256","cty":"twilio-fpa;v=1","typ":"JWT"}`. `jsonwebtoken` writes a header's
+/// standard fields first (`typ`, `alg`, `cty`, …) and its extra fields after them, so `typ` goes
+/// among the extras to come last.
+fn header() -> Header {
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = None;
+    header.cty = Some("twilio-fpa;v=1".to_owned());
+    header.extras.insert("typ".to_owned(), "JWT".to_owned());
+    header
+}
 
 /// The claims, in a fixed order (the order Twilio's Python library writes them) so a token
 /// is the same bytes whatever features `serde_json` is built with.
@@ -65,28 +69,24 @@ pub fn twilio_access_token(
         nbf: issued_at,
         sub: account_sid,
     };
-    // Strings and integers always serialize.
-    let claims = serde_json::to_string(&claims)
-        .unwrap_or_else(|_| unreachable!("claims of strings and integers serialize"));
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(HEADER),
-        URL_SAFE_NO_PAD.encode(claims)
-    );
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(api_key_secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    let key = EncodingKey::from_secret(api_key_secret.as_bytes());
+    // An HMAC key of any length and claims of strings and integers always encode.
+    jsonwebtoken::encode(&header(), &claims, &key)
+        .unwrap_or_else(|_| unreachable!("an HS256 token of strings and integers encodes"))
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use chrono::{TimeZone as _, Utc};
+    use hmac::{Hmac, Mac as _};
     use serde_json::{json, Value};
+    use sha2::Sha256;
 
     use super::*;
+
+    type HmacSha256 = Hmac<Sha256>;
 
     const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
     const API_KEY_SID: &str = "SK11111111111111111111111111111111";
