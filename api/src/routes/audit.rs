@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, TimeZone as _, Utc};
 use consult_domain::Consultation;
-use consult_store::{calls, events, jobs, notification_log, with_pool, StoreError};
+use consult_store::{calls, events, jobs, notification_log};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
