@@ -10,9 +10,6 @@ use consult_api::{Claims, Role, TokenKey};
 use consult_store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
-mod bench;
-mod bench_twilio;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "consult",
@@ -552,8 +549,6 @@ enum Command {
         #[command(flatten)]
         storage: Storage,
     },
-    /// Drive book → accept through the HTTP API and report throughput, latency and memory.
-    Bench(bench::BenchArgs),
 }
 
 /// Opens (and migrates) the store a command names.
@@ -871,7 +866,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .into());
             }
         }
-        Command::Bench(args) => bench::run(args).await?,
     }
     Ok(())
 }
