@@ -2,7 +2,7 @@
 //! console stand-in against a file. The webhook signature's known-answer tests live with the
 //! signature code (`src/payments/signature.rs`).
 
-mod fakes;
+use consult_testkit as fakes;
 
 use std::time::Duration;
 

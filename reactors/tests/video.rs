@@ -2,7 +2,7 @@
 //! Calls APIs. The access token's known-answer tests live with the token code
 //! (`src/video/token.rs`).
 
-mod fakes;
+use consult_testkit as fakes;
 
 use std::time::Duration;
 

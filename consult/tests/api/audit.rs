@@ -12,7 +12,7 @@ use consult_store::{Store, StoreOptions, VerifyReport};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, eventually, spawn_app, Backend, TestApp};
+use crate::helpers::{act, assert_problem, eventually, spawn_app, Backend, TestApp};
 use crate::on_both_backends;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -47,17 +47,6 @@ async fn get_with_id(
         .send()
         .await
         .expect("GET reaches the server")
-}
-
-async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
-    let response = app
-        .post(
-            &format!("/v1/consultations/{id}/{action}"),
-            &app.token(role, who),
-            &body,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK, "{action} {id}");
 }
 
 /// The history as the auditor `aud-1` reads it; `query` is appended as is.

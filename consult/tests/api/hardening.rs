@@ -27,10 +27,7 @@ use crate::helpers::{
 };
 use crate::on_both_backends;
 
-// `delivery.rs` and others load the same fakes privately; this file keeps its own copy.
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::smtp::SmtpFake;
 use fakes::twilio::{TwilioFake, ACCOUNT_SID, AUTH_TOKEN, FROM_SMS, FROM_WHATSAPP};

@@ -485,6 +485,18 @@ pub fn booking(provider: &str, hours_ahead: i64) -> Value {
 }
 
 /// Asserts a problem+json response with `status` and `code`; returns its body.
+/// Posts `action` on consultation `id` as `who` in `role` and expects 200.
+pub async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
+    let response = app
+        .post(
+            &format!("/v1/consultations/{id}/{action}"),
+            &app.token(role, who),
+            &body,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "{action} {id}");
+}
+
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "status");
     let content_type = response

@@ -1,5 +1,5 @@
 //! Video rooms, access tokens, voice calls and the Twilio webhooks that report on them, through
-//! the whole engine, with the strict Twilio fakes (`reactors/tests/fakes`) on loopback:
+//! the whole engine, with the strict Twilio fakes (`consult-testkit`) on loopback:
 //!
 //! - access tokens: only the two participants, only from 15 minutes before the start to 30
 //!   minutes after the end, only for a live consultation; the token is Twilio's access-token
@@ -33,14 +33,10 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{assert_problem, eventually, spawn_app_with, Backend, TestApp};
+use crate::helpers::{act, assert_problem, eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
-// `delivery.rs` loads the same fakes privately; this file keeps its own copy rather than
-// reaching into another test module.
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::twilio::{TwilioBehavior, TwilioFake, ACCOUNT_SID, AUTH_TOKEN, FROM_VOICE};
 use fakes::video::{VideoFake, API_KEY_SECRET, API_KEY_SID};
@@ -172,17 +168,6 @@ fn booking_at(provider: &str, start: DateTime<Utc>, minutes: i64, mode: &str) ->
 /// `minutes` from now, to the second (the engine keeps whole seconds).
 fn in_minutes(minutes: i64) -> DateTime<Utc> {
     (Utc::now() + chrono::Duration::minutes(minutes)).trunc_subsecs(0)
-}
-
-async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
-    let response = app
-        .post(
-            &format!("/v1/consultations/{id}/{action}"),
-            &app.token(role, who),
-            &body,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK, "{action}");
 }
 
 /// Books, accepts and pays: a confirmed consultation; returns its id.
