@@ -6,3 +6,13 @@ pub mod payments;
 pub mod smtp;
 pub mod twilio;
 pub mod video;
+
+/// A base URL where nothing listens: a provider that cannot be reached.
+pub async fn closed_base_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{address}")
+}

@@ -33,7 +33,9 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{act, assert_problem, eventually, spawn_app_with, Backend, TestApp};
+use crate::helpers::{
+    act, assert_problem, eventually, spawn_app_with, voice_call, Backend, TestApp,
+};
 use crate::on_both_backends;
 
 use consult_testkit as fakes;
@@ -213,15 +215,6 @@ async fn provisioned(db: &Backdoor, id: &str) -> Room {
 async fn video_token(app: &TestApp, role: Role, who: &str, id: &str) -> Response {
     app.post(
         &format!("/v1/consultations/{id}/video-token"),
-        &app.token(role, who),
-        &json!({}),
-    )
-    .await
-}
-
-async fn voice_call(app: &TestApp, role: Role, who: &str, id: &str) -> Response {
-    app.post(
-        &format!("/v1/consultations/{id}/voice-call"),
         &app.token(role, who),
         &json!({}),
     )
