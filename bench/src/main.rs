@@ -27,10 +27,9 @@
 
 mod twilio;
 
-use std::time::{Duration, Instant};
-
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use consult_api::{Claims, Role, TokenKey};
@@ -306,9 +305,13 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The engine binary: `--engine`, else `consult` beside this executable.
+/// The engine binary: `--engine` (a path, or a bare name looked up in `PATH`), else `consult`
+/// beside this executable. Checked before the scratch database is made.
 fn engine_binary(configured: Option<PathBuf>) -> Result<PathBuf, BoxError> {
     if let Some(path) = configured {
+        if path.components().count() > 1 && !path.is_file() {
+            return Err(format!("--engine: no engine binary at {}", path.display()).into());
+        }
         return Ok(path);
     }
     let me = std::env::current_exe()?;
