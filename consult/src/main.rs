@@ -4,14 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
 use consult::config::{database_url, parse_duration, ConfigError, Media, Notifications, Payments};
 use consult::{secret, Application, Config, Roles};
 use consult_api::{Claims, Role, TokenKey};
 use consult_store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
-
-mod bench;
-mod bench_twilio;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,17 +46,17 @@ struct NotificationArgs {
     )]
     reminders: String,
     /// A request not accepted this long after booking (or by its start) expires.
-    #[arg(long, env = "ACCEPT_DEADLINE", default_value = "24h")]
-    accept_deadline: String,
+    #[arg(long, value_parser = parse_duration, env = "ACCEPT_DEADLINE", default_value = "24h")]
+    accept_deadline: Duration,
     /// Attempts of a notification before it is dead-lettered.
     #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
     notify_max_attempts: i32,
     /// First retry delay of a failed job (doubling with jitter, up to NOTIFY_RETRY_MAX).
-    #[arg(long, env = "NOTIFY_RETRY_BASE", default_value = "2s")]
-    notify_retry_base: String,
+    #[arg(long, value_parser = parse_duration, env = "NOTIFY_RETRY_BASE", default_value = "2s")]
+    notify_retry_base: Duration,
     /// Longest retry delay of a failed job: after an outage, every job is tried again within this.
-    #[arg(long, env = "NOTIFY_RETRY_MAX", default_value = "1h")]
-    notify_retry_max: String,
+    #[arg(long, value_parser = parse_duration, env = "NOTIFY_RETRY_MAX", default_value = "1h")]
+    notify_retry_max: Duration,
     /// At most this many messages to one recipient within the window, e.g. 20/1h.
     #[arg(long, env = "NOTIFY_FLOOD_LIMIT", default_value = "20/1h")]
     notify_flood_limit: String,
@@ -65,8 +64,8 @@ struct NotificationArgs {
     #[arg(long, env = "BOOKING_LIMIT", default_value = "10/1h")]
     booking_limit: String,
     /// How long a claimed job stays locked to its worker (the at-least-once window after a crash).
-    #[arg(long, env = "JOB_LEASE", default_value = "60s")]
-    job_lease: String,
+    #[arg(long, value_parser = parse_duration, env = "JOB_LEASE", default_value = "60s")]
+    job_lease: Duration,
     /// Messages of channels without credentials go here; default $DATA_DIR/outbox.jsonl.
     #[arg(long, env = "OUTBOX_FILE")]
     outbox_file: Option<PathBuf>,
@@ -109,14 +108,14 @@ struct NotificationArgs {
     #[arg(long, env = "TWILIO_PHONE_NUMBER")]
     twilio_phone_number: Option<String>,
     /// Participants may join this long before the start.
-    #[arg(long, env = "VIDEO_JOIN_BEFORE", default_value = "15m")]
-    video_join_before: String,
+    #[arg(long, value_parser = parse_duration, env = "VIDEO_JOIN_BEFORE", default_value = "15m")]
+    video_join_before: Duration,
     /// Participants may join until this long after the end; then the room is closed.
-    #[arg(long, env = "VIDEO_GRACE", default_value = "30m")]
-    video_grace: String,
+    #[arg(long, value_parser = parse_duration, env = "VIDEO_GRACE", default_value = "30m")]
+    video_grace: Duration,
     /// Longest life of a video access token (at most 1h).
-    #[arg(long, env = "VIDEO_TOKEN_TTL", default_value = "1h")]
-    video_token_ttl: String,
+    #[arg(long, value_parser = parse_duration, env = "VIDEO_TOKEN_TTL", default_value = "1h")]
+    video_token_ttl: Duration,
     #[arg(long, env = "SMTP_HOST")]
     smtp_host: Option<String>,
     /// Default: 587 with starttls, 465 with tls, 25 with none.
@@ -160,16 +159,16 @@ impl NotificationArgs {
         use consult_reactors::video::twilio::TwilioVideoConfig;
         use consult_reactors::voice::twilio::TwilioVoiceConfig;
         let mut media = Media {
-            join_before: parse_duration("VIDEO_JOIN_BEFORE", &self.video_join_before)?,
-            grace: parse_duration("VIDEO_GRACE", &self.video_grace)?,
-            token_ttl: parse_duration("VIDEO_TOKEN_TTL", &self.video_token_ttl)?,
+            join_before: self.video_join_before,
+            grace: self.video_grace,
+            token_ttl: self.video_token_ttl,
             ..Media::default()
         };
         for (name, value) in [
             ("VIDEO_JOIN_BEFORE", media.join_before),
             ("VIDEO_GRACE", media.grace),
         ] {
-            if value > std::time::Duration::from_secs(24 * 3600) {
+            if value > Duration::from_secs(24 * 3600) {
                 return Err(ConfigError::Invalid {
                     name,
                     message: "must be at most 24h".into(),
@@ -177,7 +176,7 @@ impl NotificationArgs {
                 .into());
             }
         }
-        if media.token_ttl > std::time::Duration::from_secs(3600) || media.token_ttl.is_zero() {
+        if media.token_ttl > Duration::from_secs(3600) || media.token_ttl < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 name: "VIDEO_TOKEN_TTL",
                 message: "must be between 1s and 1h".into(),
@@ -251,7 +250,7 @@ impl NotificationArgs {
                 message,
             }
         })?;
-        n.accept_deadline = parse_duration("ACCEPT_DEADLINE", &self.accept_deadline)?;
+        n.accept_deadline = self.accept_deadline;
         if self.notify_max_attempts < 1 {
             return Err(ConfigError::Invalid {
                 name: "NOTIFY_MAX_ATTEMPTS",
@@ -260,9 +259,9 @@ impl NotificationArgs {
             .into());
         }
         n.max_attempts = self.notify_max_attempts;
-        n.retry_base = parse_duration("NOTIFY_RETRY_BASE", &self.notify_retry_base)?;
-        n.retry_max = parse_duration("NOTIFY_RETRY_MAX", &self.notify_retry_max)?;
-        if n.retry_max.is_zero() || n.retry_max < n.retry_base {
+        n.retry_base = self.notify_retry_base;
+        n.retry_max = self.notify_retry_max;
+        if n.retry_max < Duration::from_secs(1) || n.retry_max < n.retry_base {
             return Err(ConfigError::Invalid {
                 name: "NOTIFY_RETRY_MAX",
                 message: "must be at least 1s and at least NOTIFY_RETRY_BASE".into(),
@@ -287,7 +286,7 @@ impl NotificationArgs {
             limit: booking_limit.limit,
             window: booking_limit.window,
         };
-        n.job_lease = parse_duration("JOB_LEASE", &self.job_lease)?;
+        n.job_lease = self.job_lease;
         if let Some(outbox) = self.outbox_file.clone() {
             n.outbox = outbox;
         }
@@ -360,27 +359,26 @@ struct HttpArgs {
     #[arg(long, env = "ADMIN_BIND")]
     admin_bind: Option<String>,
     /// A request's header must arrive within this (from accept, or from its first byte).
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s")]
-    http_header_timeout: String,
+    #[arg(long, value_parser = parse_duration, env = "HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    http_header_timeout: Duration,
     /// A kept-alive connection waiting this long for its next request is closed.
-    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s")]
-    http_idle_timeout: String,
+    #[arg(long, value_parser = parse_duration, env = "HTTP_IDLE_TIMEOUT", default_value = "60s")]
+    http_idle_timeout: Duration,
     /// A request's body must arrive whole within this of its header.
-    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "30s")]
-    http_body_timeout: String,
+    #[arg(long, value_parser = parse_duration, env = "HTTP_BODY_TIMEOUT", default_value = "30s")]
+    http_body_timeout: Duration,
     /// When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
     /// Bearer tokens made to live longer than this (exp - iat) are refused.
-    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h")]
-    auth_max_token_lifetime: String,
+    #[arg(long, value_parser = parse_duration, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h")]
+    auth_max_token_lifetime: Duration,
 }
 
 impl HttpArgs {
     fn into_config(self, roles: Roles) -> Result<consult::config::Http, ConfigError> {
-        let positive = |name: &'static str, text: &str| {
-            let value = parse_duration(name, text)?;
-            if value.is_zero() {
+        let positive = |name: &'static str, value: Duration| {
+            if value < Duration::from_secs(1) {
                 return Err(ConfigError::Invalid {
                     name,
                     message: "must be at least 1s".into(),
@@ -393,12 +391,12 @@ impl HttpArgs {
         Ok(consult::config::Http {
             admin_bind,
             timeouts: consult_api::HttpTimeouts {
-                header: positive("HTTP_HEADER_TIMEOUT", &self.http_header_timeout)?,
-                idle: positive("HTTP_IDLE_TIMEOUT", &self.http_idle_timeout)?,
-                body: positive("HTTP_BODY_TIMEOUT", &self.http_body_timeout)?,
+                header: positive("HTTP_HEADER_TIMEOUT", self.http_header_timeout)?,
+                idle: positive("HTTP_IDLE_TIMEOUT", self.http_idle_timeout)?,
+                body: positive("HTTP_BODY_TIMEOUT", self.http_body_timeout)?,
             },
             metrics_token: set(self.metrics_token.as_ref()).map(secrecy::SecretString::from),
-            max_token_lifetime: positive("AUTH_MAX_TOKEN_LIFETIME", &self.auth_max_token_lifetime)?,
+            max_token_lifetime: positive("AUTH_MAX_TOKEN_LIFETIME", self.auth_max_token_lifetime)?,
         })
     }
 }
@@ -410,8 +408,8 @@ struct PaymentArgs {
     #[arg(long, env = "PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
     payment_webhook_secret: Option<String>,
     /// How old a webhook signature may be.
-    #[arg(long, env = "PAYMENT_WEBHOOK_TOLERANCE", default_value = "300s")]
-    payment_webhook_tolerance: String,
+    #[arg(long, value_parser = parse_duration, env = "PAYMENT_WEBHOOK_TOLERANCE", default_value = "300s")]
+    payment_webhook_tolerance: Duration,
     /// Secret API key for refunds (sk_…); unset, refunds go to the outbox file.
     #[arg(long, env = "PAYMENT_API_KEY", hide_env_values = true)]
     payment_api_key: Option<String>,
@@ -422,15 +420,14 @@ struct PaymentArgs {
     )]
     payment_api_base: String,
     /// A patient cancelling later than this before the start is not refunded.
-    #[arg(long, env = "CANCELLATION_NOTICE", default_value = "24h")]
-    cancellation_notice: String,
+    #[arg(long, value_parser = parse_duration, env = "CANCELLATION_NOTICE", default_value = "24h")]
+    cancellation_notice: Duration,
 }
 
 impl PaymentArgs {
     fn into_config(self) -> Result<Payments, Box<dyn std::error::Error>> {
-        let tolerance =
-            parse_duration("PAYMENT_WEBHOOK_TOLERANCE", &self.payment_webhook_tolerance)?;
-        if tolerance.is_zero() {
+        let tolerance = self.payment_webhook_tolerance;
+        if tolerance < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 name: "PAYMENT_WEBHOOK_TOLERANCE",
                 message: "must be at least 1s".into(),
@@ -450,7 +447,7 @@ impl PaymentArgs {
                 .filter(|s| !s.trim().is_empty())
                 .map(secrecy::SecretString::from),
             tolerance,
-            refund_notice: parse_duration("CANCELLATION_NOTICE", &self.cancellation_notice)?,
+            refund_notice: self.cancellation_notice,
             stripe,
         })
     }
@@ -475,8 +472,8 @@ enum Command {
         #[arg(long, env = "ROLES", default_value = "api,workers")]
         roles: String,
         /// How soon a worker takes a subscription over from one that died.
-        #[arg(long, env = "SUBSCRIPTION_LEASE", default_value = "10s")]
-        subscription_lease: String,
+        #[arg(long, value_parser = parse_duration, env = "SUBSCRIPTION_LEASE", default_value = "10s")]
+        subscription_lease: Duration,
         #[command(flatten)]
         notifications: Box<NotificationArgs>,
         #[command(flatten)]
@@ -500,11 +497,11 @@ enum Command {
         #[arg(long)]
         sub: String,
         /// How long the token is valid, e.g. 30m, 24h; at most AUTH_MAX_TOKEN_LIFETIME.
-        #[arg(long, default_value = "24h")]
-        ttl: String,
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: Duration,
         /// The server refuses tokens made to live longer than this.
-        #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h")]
-        auth_max_token_lifetime: String,
+        #[arg(long, value_parser = parse_duration, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h")]
+        auth_max_token_lifetime: Duration,
     },
     /// Empty a projection and replay the whole log into it, showing progress. The API may
     /// keep serving meanwhile.
@@ -552,8 +549,6 @@ enum Command {
         #[command(flatten)]
         storage: Storage,
     },
-    /// Drive book → accept through the HTTP API and report throughput, latency and memory.
-    Bench(bench::BenchArgs),
 }
 
 /// Opens (and migrates) the store a command names.
@@ -653,7 +648,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 data_dir: storage.data_dir,
                 bind,
                 roles,
-                subscription_lease: parse_duration("SUBSCRIPTION_LEASE", &subscription_lease)?,
+                subscription_lease,
                 notifications,
                 media,
                 payments: payments.into_config()?,
@@ -687,8 +682,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let role =
                 Role::parse(&role).ok_or("--role must be patient, provider, admin or auditor")?;
-            let ttl = parse_duration("--ttl", &ttl)?;
-            let max = parse_duration("AUTH_MAX_TOKEN_LIFETIME", &auth_max_token_lifetime)?;
+            let max = auth_max_token_lifetime;
             if ttl > max {
                 return Err(format!(
                     "--ttl is longer than AUTH_MAX_TOKEN_LIFETIME ({}s): the server would refuse the token",
@@ -871,7 +865,54 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .into());
             }
         }
-        Command::Bench(args) => bench::run(args).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_duration_names_its_setting() {
+        let err = Cli::try_parse_from(["consult", "serve", "--accept-deadline", "3x"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ACCEPT_DEADLINE"), "{err}");
+        assert!(
+            err.contains("must be a duration such as 90s, 15m, 24h or 2d"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duration_settings_take_the_old_spellings_and_humantime_forms() {
+        let cli = Cli::try_parse_from([
+            "consult",
+            "token",
+            "--role",
+            "admin",
+            "--sub",
+            "a",
+            "--ttl",
+            "1h 30m",
+            "--auth-max-token-lifetime",
+            "2d",
+        ])
+        .ok();
+        let Some(Cli {
+            command:
+                Command::Token {
+                    ttl,
+                    auth_max_token_lifetime,
+                    ..
+                },
+        }) = cli
+        else {
+            panic!("token did not parse");
+        };
+        assert_eq!(ttl, Duration::from_secs(5400));
+        assert_eq!(auth_max_token_lifetime, Duration::from_secs(2 * 86_400));
+    }
 }

@@ -1,7 +1,7 @@
 //! The notification channels against real loopback servers: a strict Twilio fake (axum), an
 //! SMTP server (mailin-embedded) and a file for the console sink.
 
-mod fakes;
+use consult_testkit as fakes;
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! console stand-in against a file. The webhook signature's known-answer tests live with the
 //! signature code (`src/payments/signature.rs`).
 
-mod fakes;
+use consult_testkit as fakes;
+use consult_testkit::closed_base_url;
 
 use std::time::Duration;
 
@@ -27,16 +28,6 @@ fn refund_request(amount_minor: Option<i64>) -> RefundRequest {
         idempotency_key: format!("refund-{}", uuid::Uuid::new_v4()),
         consultation_id: CONSULTATION_ID.to_owned(),
     }
-}
-
-/// A base URL where nothing listens.
-async fn closed_base_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    drop(listener);
-    format!("http://{address}")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //! Calls APIs. The access token's known-answer tests live with the token code
 //! (`src/video/token.rs`).
 
-mod fakes;
+use consult_testkit as fakes;
+use consult_testkit::closed_base_url;
 
 use std::time::Duration;
 
@@ -43,16 +44,6 @@ fn call_request() -> CallRequest {
         instructions_url: TWIML_URL.to_owned(),
         status_callback: CALL_CALLBACK.to_owned(),
     }
-}
-
-/// A base URL where nothing listens.
-async fn closed_base_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    drop(listener);
-    format!("http://{address}")
 }
 
 // ---------------------------------------------------------------------------------------------

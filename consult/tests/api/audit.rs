@@ -12,7 +12,7 @@ use consult_store::{Store, StoreOptions, VerifyReport};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, eventually, spawn_app, Backend, TestApp};
+use crate::helpers::{act, assert_problem, eventually, instant, spawn_app, Backend, TestApp};
 use crate::on_both_backends;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -21,12 +21,6 @@ fn is_hash(value: &Value) -> bool {
     value
         .as_str()
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn instant(value: &Value) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(value.as_str().expect("an instant"))
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -47,17 +41,6 @@ async fn get_with_id(
         .send()
         .await
         .expect("GET reaches the server")
-}
-
-async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
-    let response = app
-        .post(
-            &format!("/v1/consultations/{id}/{action}"),
-            &app.token(role, who),
-            &body,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK, "{action} {id}");
 }
 
 /// The history as the auditor `aud-1` reads it; `query` is appended as is.

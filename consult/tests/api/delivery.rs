@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
 
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::smtp::SmtpFake;
 use fakes::twilio::{TwilioBehavior, TwilioFake, AUTH_TOKEN, FROM_SMS, FROM_WHATSAPP};

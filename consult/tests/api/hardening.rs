@@ -23,14 +23,11 @@ use tokio::time::Instant;
 
 use crate::helpers::{
     assert_problem, booking, eventually, free_port, mint_token, provider_body, spawn_app_with,
-    spawn_collecting_stderr, Backend, DbGuard, StderrLines, TestApp, TestDb,
+    spawn_collecting_stderr, voice_call, Backend, DbGuard, StderrLines, TestApp, TestDb,
 };
 use crate::on_both_backends;
 
-// `delivery.rs` and others load the same fakes privately; this file keeps its own copy.
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::smtp::SmtpFake;
 use fakes::twilio::{TwilioFake, ACCOUNT_SID, AUTH_TOKEN, FROM_SMS, FROM_WHATSAPP};
@@ -421,11 +418,6 @@ async fn metrics_can_require_a_token(backend: Backend) {
         .await
         .expect("GET /healthz");
     assert_eq!(health.status(), StatusCode::OK);
-}
-
-async fn voice_call(app: &TestApp, role: Role, who: &str, id: &str) -> Response {
-    let path = format!("/v1/consultations/{id}/voice-call");
-    app.post(&path, &app.token(role, who), &json!({})).await
 }
 
 /// Without a voice provider, `voice-call` still tells a stranger nothing: 403 for someone

@@ -485,6 +485,35 @@ pub fn booking(provider: &str, hours_ahead: i64) -> Value {
 }
 
 /// Asserts a problem+json response with `status` and `code`; returns its body.
+/// `POST /v1/consultations/{id}/voice-call` as `who` in `role`.
+pub async fn voice_call(app: &TestApp, role: Role, who: &str, id: &str) -> Response {
+    app.post(
+        &format!("/v1/consultations/{id}/voice-call"),
+        &app.token(role, who),
+        &json!({}),
+    )
+    .await
+}
+
+/// An RFC 3339 instant of a response body.
+pub fn instant(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(value.as_str().expect("an instant"))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+}
+
+/// Posts `action` on consultation `id` as `who` in `role` and expects 200.
+pub async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
+    let response = app
+        .post(
+            &format!("/v1/consultations/{id}/{action}"),
+            &app.token(role, who),
+            &body,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "{action} {id}");
+}
+
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "status");
     let content_type = response

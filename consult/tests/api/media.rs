@@ -1,5 +1,5 @@
 //! Video rooms, access tokens, voice calls and the Twilio webhooks that report on them, through
-//! the whole engine, with the strict Twilio fakes (`reactors/tests/fakes`) on loopback:
+//! the whole engine, with the strict Twilio fakes (`consult-testkit`) on loopback:
 //!
 //! - access tokens: only the two participants, only from 15 minutes before the start to 30
 //!   minutes after the end, only for a live consultation; the token is Twilio's access-token
@@ -33,14 +33,12 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{assert_problem, eventually, spawn_app_with, Backend, TestApp};
+use crate::helpers::{
+    act, assert_problem, eventually, spawn_app_with, voice_call, Backend, TestApp,
+};
 use crate::on_both_backends;
 
-// `delivery.rs` loads the same fakes privately; this file keeps its own copy rather than
-// reaching into another test module.
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::twilio::{TwilioBehavior, TwilioFake, ACCOUNT_SID, AUTH_TOKEN, FROM_VOICE};
 use fakes::video::{VideoFake, API_KEY_SECRET, API_KEY_SID};
@@ -174,17 +172,6 @@ fn in_minutes(minutes: i64) -> DateTime<Utc> {
     (Utc::now() + chrono::Duration::minutes(minutes)).trunc_subsecs(0)
 }
 
-async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
-    let response = app
-        .post(
-            &format!("/v1/consultations/{id}/{action}"),
-            &app.token(role, who),
-            &body,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK, "{action}");
-}
-
 /// Books, accepts and pays: a confirmed consultation; returns its id.
 async fn confirmed(
     app: &TestApp,
@@ -228,15 +215,6 @@ async fn provisioned(db: &Backdoor, id: &str) -> Room {
 async fn video_token(app: &TestApp, role: Role, who: &str, id: &str) -> Response {
     app.post(
         &format!("/v1/consultations/{id}/video-token"),
-        &app.token(role, who),
-        &json!({}),
-    )
-    .await
-}
-
-async fn voice_call(app: &TestApp, role: Role, who: &str, id: &str) -> Response {
-    app.post(
-        &format!("/v1/consultations/{id}/voice-call"),
         &app.token(role, who),
         &json!({}),
     )

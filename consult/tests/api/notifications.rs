@@ -13,7 +13,7 @@ use consult_store::{Metadata, Store, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
+use crate::helpers::{act, eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
 /// The messages in the outbox file (which also records console video rooms).
@@ -100,17 +100,6 @@ async fn book_with(app: &TestApp, patient: &str, provider: &str, start: DateTime
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.expect("json");
     body["id"].as_str().expect("id").to_owned()
-}
-
-async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
-    let response = app
-        .post(
-            &format!("/v1/consultations/{id}/{action}"),
-            &app.token(role, who),
-            &body,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK, "{action}");
 }
 
 /// Booked → accepted → paid → cancelled: each step tells the right party on each of their

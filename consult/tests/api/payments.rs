@@ -9,12 +9,10 @@ use consult_reactors::payments::signature;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, eventually, spawn_app_with, Backend, TestApp};
+use crate::helpers::{act, assert_problem, eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::payments::{
     charge_refunded, event, payment_intent, signature_header, PaymentsFake, WEBHOOK_SECRET,
@@ -51,17 +49,6 @@ fn paid_event(event_id: &str, consultation: &str, amount: i64, currency: &str) -
         "payment_intent.succeeded",
         payment_intent(&format!("pi_{event_id}"), amount, currency, consultation),
     )
-}
-
-async fn act(app: &TestApp, role: Role, who: &str, id: &str, action: &str, body: Value) {
-    let response = app
-        .post(
-            &format!("/v1/consultations/{id}/{action}"),
-            &app.token(role, who),
-            &body,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK, "{action}");
 }
 
 fn count(stream: &[(i64, String)], kind: &str) -> usize {

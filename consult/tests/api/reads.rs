@@ -8,7 +8,7 @@ use consult_api::Role;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, booking, spawn_app, Backend, TestApp};
+use crate::helpers::{assert_problem, booking, instant, spawn_app, Backend, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -32,12 +32,6 @@ fn on_the_hour(hours: i64) -> DateTime<Utc> {
 
 fn stamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-fn instant(value: &Value) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(value.as_str().expect("a timestamp"))
-        .expect("rfc3339")
-        .with_timezone(&Utc)
 }
 
 /// Books a 30-minute video consultation starting at `start`; returns the command's answer.

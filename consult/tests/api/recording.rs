@@ -10,10 +10,7 @@ use consult::Config;
 use crate::helpers::{eventually, spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 
-// The fakes are loaded by each test module that uses them (as in `delivery.rs`).
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::twilio::{TwilioBehavior, TwilioFake};
 

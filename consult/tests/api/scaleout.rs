@@ -20,10 +20,7 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{free_port, mint_token, owner_pid, Backend, DbGuard, TestDb};
 
-// Also loaded by delivery.rs, media.rs and payments.rs: each keeps its own copy.
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../reactors/tests/fakes/mod.rs"]
-mod fakes;
+use consult_testkit as fakes;
 
 use fakes::smtp::SmtpFake;
 use fakes::twilio::{TwilioFake, ACCOUNT_SID, AUTH_TOKEN, FROM_SMS};

@@ -1,10 +1,11 @@
-//! `consult bench`: the engine measured through its HTTP API on PostgreSQL, each figure beside
+//! `consult-bench`: the engine measured through its HTTP API on PostgreSQL, each figure beside
 //! the same run's physical ceiling on this machine and database, at one or more store sizes.
 //!
 //! For each size (`--consultations 10k,1M`) the bench grows a scratch database to that many
 //! consultations (four events each, plus their sent notifications and finished timers), rebuilds
 //! the `consultations` projection over the whole store (timed against a bare `SELECT` scan),
-//! starts the engine as a child process (`consult serve`) and runs the scenarios against it:
+//! starts the engine as a child process (`consult serve`, the `consult` binary beside this one
+//! unless `--engine` or `CONSULT_ENGINE` names another) and runs the scenarios against it:
 //!
 //! - **commands**: book → accept at each client count, against a bare single-row `INSERT` loop;
 //! - **freshness**: commit → read model visible under background load, against one
@@ -16,20 +17,38 @@
 //!
 //! then the engine's peak resident memory. It prints a table per size and, with several sizes,
 //! how each figure changed.
+//!
+//! With `--engine-roles api` the engine runs no workers: only the API path is measured (commands
+//! and history reads); the scenarios that need workers (freshness, notifications) are skipped,
+//! and so is the wait for the subscriptions to catch up.
+//!
+//! Every statement the bench runs on the database directly (seeding, ceilings) lives in
+//! `consult_store::bench`.
 
+mod twilio;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::Parser;
 use consult_api::{Claims, Role, TokenKey};
+use consult_store::bench::{BenchDb, ScratchDatabase};
 use secrecy::SecretString;
 use serde_json::json;
-use sqlx::Connection;
 use tokio::process::{Child, Command};
 
 type BoxError = Box<dyn std::error::Error>;
 
-#[derive(Debug, Args)]
+/// Drive book → accept through the engine's HTTP API and report throughput, latency and memory,
+/// each beside the same run's ceiling on this machine and database.
+#[derive(Debug, Parser)]
+#[command(name = "consult-bench", version)]
 pub struct BenchArgs {
+    /// The engine binary to measure (run as `<engine> serve`); default: `consult` beside this
+    /// executable.
+    #[arg(long, env = "CONSULT_ENGINE")]
+    engine: Option<PathBuf>,
     /// A PostgreSQL URL whose server may get a scratch database (created and dropped here).
     #[arg(
         long,
@@ -56,7 +75,8 @@ pub struct BenchArgs {
         default_value = "commands,freshness,notifications,history,rebuild"
     )]
     scenarios: String,
-    /// What the engine process runs while it is measured (ROLES).
+    /// What the engine process runs while it is measured (ROLES). With `api` alone only the API
+    /// path is measured: the scenarios that need workers (freshness, notifications) are skipped.
     #[arg(long, default_value = "api,workers")]
     engine_roles: String,
     /// Background command rate of the freshness and notifications scenarios, per second.
@@ -70,6 +90,8 @@ pub struct BenchArgs {
 /// Which scenarios a run includes.
 #[derive(Debug, Clone, Copy)]
 struct Scenarios {
+    /// Whether the engine runs workers (so its subscriptions catch up).
+    workers: bool,
     commands: bool,
     freshness: bool,
     notifications: bool,
@@ -80,6 +102,7 @@ struct Scenarios {
 impl Scenarios {
     fn parse(text: &str) -> Result<Self, String> {
         let mut scenarios = Self {
+            workers: true,
             commands: false,
             freshness: false,
             notifications: false,
@@ -102,6 +125,30 @@ impl Scenarios {
             }
         }
         Ok(scenarios)
+    }
+
+    /// Without workers only the API path is measured: nothing would refresh the read model or
+    /// send notifications.
+    fn api_only(&mut self) {
+        let skipped: Vec<&str> = [
+            ("freshness", self.freshness),
+            ("notifications", self.notifications),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        println!(
+            "engine roles without workers: measuring the API path alone (no wait for the \
+             subscriptions){}",
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped, as they need workers: {}", skipped.join(", "))
+            }
+        );
+        self.freshness = false;
+        self.notifications = false;
+        self.workers = false;
     }
 }
 
@@ -247,7 +294,43 @@ fn print_comparison(runs: &[(u64, Vec<Figure>)]) {
     }
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", consult_store::error_chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The engine binary: `--engine` (a path, or a bare name looked up in `PATH`), else `consult`
+/// beside this executable. Checked before the scratch database is made.
+fn engine_binary(configured: Option<PathBuf>) -> Result<PathBuf, BoxError> {
+    if let Some(path) = configured {
+        if path.components().count() > 1 && !path.is_file() {
+            return Err(format!("--engine: no engine binary at {}", path.display()).into());
+        }
+        return Ok(path);
+    }
+    let me = std::env::current_exe()?;
+    let beside = me
+        .with_file_name("consult")
+        .with_extension(std::env::consts::EXE_EXTENSION);
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        Err(format!(
+            "no engine binary at {}: build it (cargo build --release -p consult) or name it with \
+             --engine or CONSULT_ENGINE",
+            beside.display()
+        )
+        .into())
+    }
+}
+
+async fn run(args: BenchArgs) -> Result<(), BoxError> {
     let levels: Vec<usize> = args
         .clients
         .split(',')
@@ -265,32 +348,37 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
         );
     }
     let duration = Duration::from_secs(args.seconds.max(1));
-    let scenarios = Scenarios::parse(&args.scenarios)?;
+    let mut scenarios = Scenarios::parse(&args.scenarios)?;
+    let roles = consult::Roles::parse(&args.engine_roles)?;
+    if !roles.workers {
+        scenarios.api_only();
+    }
+    let engine = engine_binary(args.engine.clone())?;
 
     let name = format!("consult_bench_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&args.postgres_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let base = args
-        .postgres_url
-        .rsplit_once('/')
-        .map_or(args.postgres_url.as_str(), |(b, _)| b);
-    let url = format!("{base}/{name}");
+    let scratch = ScratchDatabase::create(&args.postgres_url, &name).await?;
     eprintln!("bench: scratch database {name}");
 
-    let result = run_sizes(&url, &sizes, &levels, duration, scenarios, &args).await;
+    let result = run_sizes(
+        scratch.url(),
+        &engine,
+        &sizes,
+        &levels,
+        duration,
+        scenarios,
+        &args,
+    )
+    .await;
 
     if !args.keep {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await?;
+        scratch.drop_database().await?;
     }
     result
 }
 
 async fn run_sizes(
     url: &str,
+    engine_binary: &std::path::Path,
     sizes: &[u64],
     levels: &[usize],
     duration: Duration,
@@ -300,25 +388,23 @@ async fn run_sizes(
     use consult_store::{Store, StoreOptions};
     let store = Store::connect(&StoreOptions::new(url)).await?;
     store.migrate().await?;
-    let consult_store::Db::Postgres(pool) = store.db() else {
-        return Err("the bench runs on PostgreSQL".into());
-    };
+    let db = BenchDb::new(&store, url)?;
     // Text messages go to a Twilio stand-in in this process that answers at once and notes when
     // each request arrived.
-    let twilio = crate::bench_twilio::TwilioStandIn::start().await?;
+    let twilio = twilio::TwilioStandIn::start().await?;
     let mut runs = Vec::new();
     let mut seeded = 0u64;
     for (run, &size) in sizes.iter().enumerate() {
         let mut figures = Vec::new();
-        seed(pool, seeded, size).await?;
+        seed(&db, seeded, size).await?;
         seeded = size;
-        skip_reactors_to_head(&store, pool).await?;
+        skip_reactors_to_head(&store, &db).await?;
         // The projection is rebuilt over the whole store at every size: the engine then starts
         // with a read model of `size` consultations, and the rebuild is one of the figures.
-        rebuild(&store, pool, scenarios.rebuild, &mut figures).await?;
-        let engine = Engine::start(url, &twilio, &args.engine_roles, run).await?;
+        rebuild(&store, &db, scenarios.rebuild, &mut figures).await?;
+        let engine = Engine::start(engine_binary, url, &twilio, &args.engine_roles, run).await?;
         let outcome = measure(
-            &engine, url, &twilio, levels, duration, scenarios, args, run, seeded,
+            &engine, &db, &twilio, levels, duration, scenarios, args, run, seeded,
         )
         .await;
         let rss = engine.stop().await;
@@ -348,8 +434,9 @@ struct Engine {
 
 impl Engine {
     async fn start(
+        binary: &std::path::Path,
         url: &str,
-        twilio: &crate::bench_twilio::TwilioStandIn,
+        twilio: &twilio::TwilioStandIn,
         roles: &str,
         run: usize,
     ) -> Result<Self, BoxError> {
@@ -359,10 +446,10 @@ impl Engine {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?.port()
         };
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(binary)
             .arg("serve")
-            .env("TWILIO_ACCOUNT_SID", crate::bench_twilio::ACCOUNT_SID)
-            .env("TWILIO_AUTH_TOKEN", crate::bench_twilio::AUTH_TOKEN)
+            .env("TWILIO_ACCOUNT_SID", twilio::ACCOUNT_SID)
+            .env("TWILIO_AUTH_TOKEN", twilio::AUTH_TOKEN)
             .env("TWILIO_FROM_SMS", "+15005550006")
             .env("TWILIO_API_BASE", &twilio.base_url)
             .env("NOTIFY_FLOOD_LIMIT", "1000000/1h")
@@ -416,8 +503,8 @@ impl Engine {
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     engine: &Engine,
-    url: &str,
-    twilio: &crate::bench_twilio::TwilioStandIn,
+    db: &BenchDb,
+    twilio: &twilio::TwilioStandIn,
     levels: &[usize],
     duration: Duration,
     scenarios: Scenarios,
@@ -464,28 +551,19 @@ async fn measure(
     let offset = i64::try_from(run)? * 20_000_000;
     let mut figures = Vec::new();
     if scenarios.commands {
-        commands(
-            url,
-            engine,
-            &parties,
-            levels,
-            duration,
-            offset,
-            &mut figures,
-        )
-        .await?;
+        commands(db, engine, &parties, levels, duration, offset, &mut figures).await?;
     }
     // Each latency scenario starts from an engine that has caught up with what the command
     // runs wrote (each run's INSERT-loop ceiling usually leaves it the time).
-    if scenarios.commands {
-        let waited = caught_up(url).await?;
+    if scenarios.commands && scenarios.workers {
+        let waited = caught_up(db).await?;
         println!(
             "subscriptions at the head of the log {:.1} s after the command runs",
             waited.as_secs_f64()
         );
     }
     let hop = if scenarios.freshness || scenarios.notifications {
-        let mut hop = notify_hop(url, Duration::from_secs(3)).await?;
+        let mut hop = notify_hop(db, Duration::from_secs(3)).await?;
         let hop = (hop.percentile_ms(50.0), hop.percentile_ms(99.0));
         println!(
             "one LISTEN/NOTIFY hop between two connections (ceiling of every wake-up): p50 {:.2} ms, \
@@ -519,7 +597,7 @@ async fn measure(
     }
     if scenarios.notifications {
         let (mut probe, rate) = notifications(
-            url,
+            db,
             engine,
             &parties,
             &admin,
@@ -552,7 +630,7 @@ async fn measure(
     }
     if scenarios.history {
         history(
-            url,
+            db,
             engine,
             &token(Role::Auditor, "bench-auditor"),
             seeded,
@@ -565,16 +643,10 @@ async fn measure(
 }
 
 /// Waits (up to 5 minutes) until every subscription has reached the head of the log.
-async fn caught_up(url: &str) -> Result<Duration, BoxError> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
+async fn caught_up(db: &BenchDb) -> Result<Duration, BoxError> {
     let started = Instant::now();
     loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM subscriptions \
-              WHERE position < (SELECT COALESCE(max(position), 0) FROM events)",
-        )
-        .fetch_one(&mut conn)
-        .await?;
+        let behind = db.subscriptions_behind().await?;
         if behind == 0 {
             return Ok(started.elapsed());
         }
@@ -595,7 +667,7 @@ struct Party {
 
 /// Command throughput and latency at each client count, beside the INSERT-loop ceilings.
 async fn commands(
-    url: &str,
+    db: &BenchDb,
     engine: &Engine,
     parties: &[Party],
     levels: &[usize],
@@ -604,7 +676,7 @@ async fn commands(
     figures: &mut Vec<Figure>,
 ) -> Result<(), BoxError> {
     // The ceiling named by the targets: one connection inserting one row per statement.
-    let single = insert_loop(url, 1, duration).await?;
+    let single = insert_loop(db, 1, duration).await?;
     println!();
     println!(
         "bare single-row INSERT loop, 1 connection: {:.0} rows/s",
@@ -624,7 +696,7 @@ async fn commands(
             None,
         )
         .await;
-        let mut ceiling = insert_loop(url, clients, duration).await?;
+        let mut ceiling = insert_loop(db, clients, duration).await?;
         let (p50, p99) = (sample.percentile_ms(50.0), sample.percentile_ms(99.0));
         let (c50, c99) = (ceiling.percentile_ms(50.0), ceiling.percentile_ms(99.0));
         println!(
@@ -682,33 +754,9 @@ async fn wait_ready(client: &reqwest::Client, address: &str) -> Result<(), BoxEr
 }
 
 /// `clients` connections each inserting one row per autocommit statement, for `duration`.
-async fn insert_loop(url: &str, clients: usize, duration: Duration) -> Result<Sample, BoxError> {
-    let mut setup = sqlx::PgConnection::connect(url).await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
-        .execute(&mut setup)
-        .await?;
+async fn insert_loop(db: &BenchDb, clients: usize, duration: Duration) -> Result<Sample, BoxError> {
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let url = url.to_owned();
-        tasks.spawn(async move {
-            let mut conn = sqlx::PgConnection::connect(&url).await?;
-            let mut latencies = Vec::new();
-            while started.elapsed() < duration {
-                let t = Instant::now();
-                sqlx::query("INSERT INTO bench_ceiling (payload) VALUES ($1)")
-                    .bind(json!({"Booked": {"n": 1}}))
-                    .execute(&mut conn)
-                    .await?;
-                latencies.push(t.elapsed());
-            }
-            Ok::<_, sqlx::Error>(latencies)
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined??);
-    }
+    let latencies = db.bare_insert_loop(clients, duration).await?;
     Ok(Sample {
         ops: latencies.len(),
         elapsed: started.elapsed(),
@@ -719,20 +767,9 @@ async fn insert_loop(url: &str, clients: usize, duration: Duration) -> Result<Sa
 
 /// Round trips of one NOTIFY from one connection to a LISTEN on another: the least any wake-up
 /// from a commit to another process can take here.
-async fn notify_hop(url: &str, duration: Duration) -> Result<Sample, BoxError> {
-    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-    listener.listen("bench_hop").await?;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
+async fn notify_hop(db: &BenchDb, duration: Duration) -> Result<Sample, BoxError> {
     let started = Instant::now();
-    let mut latencies = Vec::new();
-    while started.elapsed() < duration {
-        let t = Instant::now();
-        sqlx::query("SELECT pg_notify('bench_hop', '')")
-            .execute(&mut conn)
-            .await?;
-        listener.recv().await?;
-        latencies.push(t.elapsed());
-    }
+    let latencies = db.notify_hop(duration).await?;
     Ok(Sample {
         ops: latencies.len(),
         elapsed: started.elapsed(),
@@ -945,12 +982,12 @@ async fn freshness(
 /// of a burst of queued jobs against a provider that answers at once.
 #[allow(clippy::too_many_arguments)]
 async fn notifications(
-    url: &str,
+    db: &BenchDb,
     engine: &Engine,
     parties: &[Party],
     admin: &str,
     patient: &str,
-    twilio: &crate::bench_twilio::TwilioStandIn,
+    twilio: &twilio::TwilioStandIn,
     args: &BenchArgs,
     duration: Duration,
     run: usize,
@@ -1052,39 +1089,11 @@ async fn notifications(
         reminder_is_final: false,
         sender: "bench-patient".to_owned(),
     })?;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
     let before = twilio.count();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let prefix = format!("bench-job-{run}-");
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, due_at_ms, \
-                           max_attempts, created_at_ms, updated_at_ms) \
-         SELECT $4 || g, $4 || g, 'notify', 'bench-c-' || g, \
-                replace($1, '+19990000000', '+188' || lpad($5 || g::text, 8, '0'))::json, \
-                'pending', $2, 3, $2, $2 \
-           FROM generate_series(1, $3) AS g",
-    )
-    .bind(&template)
-    .bind(now_ms)
-    .bind(i64::from(jobs))
-    .bind(&prefix)
-    .bind(run.to_string())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO notification_log (id, consultation_id, recipient_role, channel, kind, \
-                 recipient_masked, status, attempts, scheduled_for_ms, updated_at_ms, recipient_key) \
-         SELECT $3 || g, 'bench-c-' || g, 'provider', 'sms', 'new_request', \
-                '+188*****', 'pending', 0, $1, $1, md5($3 || g) \
-           FROM generate_series(1, $2) AS g",
-    )
-    .bind(now_ms)
-    .bind(i64::from(jobs))
-    .bind(&prefix)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    db.insert_notification_jobs(&template, jobs, &prefix, run, now_ms)
+        .await?;
     let queued = Instant::now();
     let target = before + jobs as usize;
     while twilio.count() < target {
@@ -1110,21 +1119,14 @@ async fn notifications(
 /// An auditor's history read (`GET /v1/consultations/{id}/history`) of random seeded
 /// consultations from one client, beside a bare `SELECT` of each one's events.
 async fn history(
-    url: &str,
+    db: &BenchDb,
     engine: &Engine,
     auditor: &str,
     seeded: u64,
     duration: Duration,
     figures: &mut Vec<Figure>,
 ) -> Result<(), BoxError> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT md5('bench' || floor(random() * $1)::bigint)::uuid::text \
-           FROM generate_series(1, 5000)",
-    )
-    .bind(seeded as f64)
-    .fetch_all(&mut conn)
-    .await?;
+    let ids = db.random_seeded_ids(5000, seeded).await?;
     let started = Instant::now();
     let mut engine_latencies = Vec::new();
     let mut errors = 0;
@@ -1154,25 +1156,7 @@ async fn history(
         errors,
     };
     let started = Instant::now();
-    let mut bare = Vec::new();
-    for id in ids.iter().cycle() {
-        if started.elapsed() >= duration {
-            break;
-        }
-        let t = Instant::now();
-        let rows = sqlx::query(
-            "SELECT position, sequence, event_type, event_version, payload, metadata, \
-                    recorded_at, prev_hash, hash \
-               FROM events WHERE aggregate_type = 'consultation' AND aggregate_id = $1 \
-              ORDER BY sequence",
-        )
-        .bind(id)
-        .fetch_all(&mut conn)
-        .await?;
-        if !rows.is_empty() {
-            bare.push(t.elapsed());
-        }
-    }
+    let bare = db.stream_select_loop(&ids, duration).await?;
     let mut bare = Sample {
         ops: bare.len(),
         elapsed: started.elapsed(),
@@ -1212,7 +1196,7 @@ async fn history(
 /// accepted, paid, rescheduled), two sent notifications and three reminder timers, finished as
 /// a consultation that has run its course leaves them, except for one consultation in a hundred
 /// that is still ahead and whose timers are pending.
-async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
+async fn seed(db: &BenchDb, from: u64, to: u64) -> Result<(), BoxError> {
     if to <= from {
         return Ok(());
     }
@@ -1227,59 +1211,8 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
     while at < to {
         let end = (at + CHUNK).min(to);
         let (first, last) = (i64::try_from(at)?, i64::try_from(end - 1)?);
-        for (sequence, (event_type, payload)) in templates.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-                 event_version, payload, metadata) \
-                 SELECT 'consultation', md5('bench' || g)::uuid::text, $3, $4, $6, \
-                        replace(replace($5, '00000000-0000-0000-0000-000000000000', \
-                                        md5('bench' || g)::uuid::text), \
-                                'bench-provider', 'bench-provider-' || g)::jsonb, \
-                        '{\"actor_id\": \"bench\", \"actor_role\": \"system\"}' \
-                   FROM generate_series($1::bigint, $2::bigint) AS g",
-            )
-            .bind(first)
-            .bind(last)
-            .bind(i64::try_from(sequence + 1)?)
-            .bind(event_type)
-            .bind(payload)
-            .bind(consult_domain::upcast::current_version(event_type))
-            .execute(pool)
+        db.insert_seeded_consultations(first, last, &templates, now_ms)
             .await?;
-        }
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO notification_log (id, consultation_id, recipient_role, channel, kind, \
-                     recipient_masked, status, attempts, scheduled_for_ms, sent_at_ms, \
-                     updated_at_ms, recipient_key) \
-             SELECT 'bench-n-' || g || '-' || r, md5('bench' || g)::uuid::text, r, 'email', \
-                    'confirmed', 'p***@example.org', 'sent', 1, $3, $3, $3, md5('bench' || g || r) \
-               FROM generate_series($1::bigint, $2::bigint) AS g, \
-                    unnest(ARRAY['patient', 'provider']) AS r",
-        )
-        .bind(first)
-        .bind(last)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO jobs (id, key, kind, consultation_id, payload, status, due_at_ms, \
-                     attempts, max_attempts, created_at_ms, updated_at_ms, finished_at_ms) \
-             SELECT 'bench-t-' || g || '-' || o, 'bench-t-' || g || '-' || o, 'reminder', \
-                    md5('bench' || g)::uuid::text, '{}', \
-                    CASE WHEN g % 100 = 0 THEN 'pending' ELSE 'done' END, \
-                    CASE WHEN g % 100 = 0 THEN $3 + 30 * 86400000::bigint ELSE $3 END, \
-                    CASE WHEN g % 100 = 0 THEN 0 ELSE 1 END, 3, $3, $3, \
-                    CASE WHEN g % 100 = 0 THEN NULL ELSE $3 END \
-               FROM generate_series($1::bigint, $2::bigint) AS g, \
-                    unnest(ARRAY['24h', '1h', '15m']) AS o",
-        )
-        .bind(first)
-        .bind(last)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         at = end;
         if at.is_multiple_of(100_000) || at == to {
             eprintln!(
@@ -1288,7 +1221,7 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
             );
         }
     }
-    sqlx::query("ANALYZE").execute(pool).await?;
+    db.analyze().await?;
     Ok(())
 }
 
@@ -1296,23 +1229,12 @@ async fn seed(pool: &sqlx::PgPool, from: u64, to: u64) -> Result<(), BoxError> {
 /// checkpoints move to the head of the log, so the engine starts caught up, as it would on a
 /// store of that size. (The `consultations` projection is rebuilt instead, so that its table
 /// holds every seeded consultation.)
-async fn skip_reactors_to_head(
-    store: &consult_store::Store,
-    pool: &sqlx::PgPool,
-) -> Result<(), BoxError> {
+async fn skip_reactors_to_head(store: &consult_store::Store, db: &BenchDb) -> Result<(), BoxError> {
     const REACTORS: [&str; 4] = ["notifications", "rooms", "refunds", "chain"];
     for name in REACTORS {
         store.register_subscription(name).await?;
     }
-    sqlx::query(
-        "UPDATE subscriptions s SET transaction_id = h.transaction_id, position = h.position \
-           FROM (SELECT transaction_id, position FROM events \
-                  ORDER BY transaction_id DESC, position DESC LIMIT 1) h \
-          WHERE s.name = ANY($1)",
-    )
-    .bind(&REACTORS[..])
-    .execute(pool)
-    .await?;
+    db.move_subscriptions_to_head(&REACTORS).await?;
     Ok(())
 }
 
@@ -1320,27 +1242,13 @@ async fn skip_reactors_to_head(
 /// projection from position 0 in this process; with `report`, both are figures.
 async fn rebuild(
     store: &consult_store::Store,
-    pool: &sqlx::PgPool,
+    db: &BenchDb,
     report: bool,
     figures: &mut Vec<Figure>,
 ) -> Result<(), BoxError> {
     // The ceiling: one streaming SELECT of the columns the log reader decodes.
     let scan = Instant::now();
-    let mut rows = 0u64;
-    {
-        use futures_util::StreamExt as _;
-        let mut stream =
-            sqlx::query_as::<_, (i64, i64, String, String, i64, String, String, String)>(
-                "SELECT transaction_id::text::bigint, position, aggregate_type, aggregate_id, \
-                    sequence, event_type, payload::text, metadata::text \
-               FROM events ORDER BY transaction_id, position",
-            )
-            .fetch(pool);
-        while let Some(row) = stream.next().await {
-            row?;
-            rows += 1;
-        }
-    }
+    let rows = db.scan_events().await?;
     let scan_rate = rows as f64 / scan.elapsed().as_secs_f64();
 
     eprintln!("bench: rebuilding the consultations projection over {rows} events");

@@ -1,4 +1,4 @@
-//! A Twilio Messages stand-in for `consult bench`: accepts every message at once and notes when
+//! A Twilio Messages stand-in for `consult-bench`: accepts every message at once and notes when
 //! each request arrived and to which number. Loopback only.
 
 use std::collections::HashMap;
