@@ -1069,7 +1069,7 @@ async fn notifications(
 
     // Dispatch rate: `jobs` notifications queued at once, each to its own number.
     let jobs = args.dispatch_jobs;
-    let template = serde_json::to_string(&consult_reactors::reactor::NotifyPayload {
+    let template = serde_json::to_string(&consult_reactors::notifications::NotifyPayload {
         recipient: consult_reactors::messages::Recipient::Provider,
         kind: consult_reactors::messages::NotificationKind::NewRequest,
         channel: consult_reactors::channels::ChannelKind::Sms,

@@ -181,7 +181,7 @@ impl Notifications {
     /// The defaults: reminders 24 h email, 1 h SMS, 15 min SMS and email; requests expire after
     /// 24 h; every channel to `outbox.jsonl` in the data directory.
     pub fn new(data_dir: &std::path::Path) -> Self {
-        let defaults = consult_reactors::ReactorConfig::default();
+        let defaults = consult_reactors::NotificationsConfig::default();
         Self {
             reminders: defaults.reminders,
             accept_deadline: defaults.accept_deadline,

@@ -16,8 +16,8 @@ use consult_reactors::channels::twilio::TwilioMessages;
 use consult_reactors::channels::Channel;
 use consult_reactors::video::VideoProvider;
 use consult_reactors::{
-    Channels, Dispatcher, DispatcherOptions, Media, NotificationsReactor, ReactorConfig, Refunds,
-    RefundsReactor, RoomsConfig, RoomsReactor,
+    Channels, Dispatcher, DispatcherOptions, Media, NotificationsConfig, NotificationsReactor,
+    Refunds, RefundsReactor, RoomsConfig, RoomsReactor,
 };
 use consult_store::{Runner, RunnerOptions, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
@@ -61,10 +61,10 @@ pub struct Application {
     state: AppState,
     roles: Roles,
     runner: RunnerOptions,
-    reactor: ReactorConfig,
+    notifications: NotificationsConfig,
     rooms: RoomsConfig,
     /// Attempts of a refund job.
-    reactor_attempts: i32,
+    refund_attempts: i32,
     dispatcher: Dispatcher,
 }
 
@@ -156,7 +156,7 @@ impl Application {
             }
         };
         let n = &config.notifications;
-        let reactor = ReactorConfig {
+        let notifications = NotificationsConfig {
             reminders: n.reminders.clone(),
             accept_deadline: n.accept_deadline,
             max_attempts: n.max_attempts,
@@ -165,7 +165,7 @@ impl Application {
             store.clone(),
             owner_id(),
             channels(config, outbox)?,
-            reactor.clone(),
+            notifications.clone(),
             DispatcherOptions {
                 lease: n.job_lease,
                 base_backoff: n.retry_base,
@@ -199,9 +199,9 @@ impl Application {
                 lease: config.subscription_lease,
                 ..RunnerOptions::default()
             },
-            reactor,
+            notifications,
             rooms,
-            reactor_attempts: n.max_attempts,
+            refund_attempts: n.max_attempts,
             dispatcher,
         })
     }
@@ -264,12 +264,12 @@ impl Application {
             }
             let (wake, woken) = watch::channel(0_u64);
             runner = runner.with(Arc::new(NotificationsReactor::new(
-                self.reactor,
+                self.notifications,
                 wake.clone(),
             )));
             runner = runner.with(Arc::new(consult_store::ChainSealer));
             runner = runner.with(Arc::new(RefundsReactor::new(
-                self.reactor_attempts,
+                self.refund_attempts,
                 wake.clone(),
             )));
             runner = runner.with(Arc::new(RoomsReactor::new(self.rooms, wake)));

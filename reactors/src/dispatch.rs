@@ -30,10 +30,13 @@ use consult_store::{HandlerError, Metadata, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::channels::{Channel, ChannelKind, Message};
-use crate::media::{Media, MediaOutcome};
 use crate::messages::{self, Facts, PaymentFacts, RefundNote, ReminderFacts};
-use crate::reactor::{self, DeadlinePayload, NotifyPayload, ReactorConfig, ReminderPayload};
+use crate::notifications::{
+    self, DeadlinePayload, NotificationsConfig, NotifyPayload, ReminderPayload,
+};
+use crate::outcome::JobOutcome;
 use crate::refunds::Refunds;
+use crate::room_jobs::Media;
 use consult_store::jobs::{self, Job, JobKind};
 
 /// The channel for each kind.
@@ -71,7 +74,7 @@ impl FloodGuard {
             .trim()
             .parse()
             .map_err(|_| format!("`{text}`: the count must be a whole number"))?;
-        let window = reactor::parse_reminders(&format!("{}:email", window.trim()))
+        let window = notifications::parse_reminders(&format!("{}:email", window.trim()))
             .ok()
             .and_then(|specs| specs.first().map(|s| s.offset))
             .ok_or_else(|| format!("`{text}`: the window must be like 30m, 1h or 1d"))?;
@@ -122,31 +125,12 @@ pub struct Dispatcher {
     store: Store,
     owner: String,
     channels: Channels,
-    config: ReactorConfig,
+    config: NotificationsConfig,
     options: DispatcherOptions,
     /// Room and call jobs; `None` dead-letters them.
     media: Option<Media>,
     /// Refund jobs; `None` dead-letters them.
     refunds: Option<Refunds>,
-}
-
-/// How one run of a job ended.
-enum Outcome {
-    Done,
-    /// A notification went out, with the provider's id for it.
-    Sent(Option<String>),
-    Retry(String),
-    Dead(String),
-}
-
-impl From<MediaOutcome> for Outcome {
-    fn from(outcome: MediaOutcome) -> Self {
-        match outcome {
-            MediaOutcome::Done => Self::Done,
-            MediaOutcome::Retry(error) => Self::Retry(error),
-            MediaOutcome::Dead(error) => Self::Dead(error),
-        }
-    }
 }
 
 /// `2h`, `30m`, `45s`: a window as the settings write it.
@@ -173,7 +157,7 @@ impl Dispatcher {
         store: Store,
         owner: impl Into<String>,
         channels: Channels,
-        config: ReactorConfig,
+        config: NotificationsConfig,
         options: DispatcherOptions,
     ) -> Self {
         Self {
@@ -274,10 +258,10 @@ impl Dispatcher {
         Ok(count)
     }
 
-    async fn run_job(&self, job: &Job, allowed: bool) -> (Option<JobKind>, Outcome) {
+    async fn run_job(&self, job: &Job, allowed: bool) -> (Option<JobKind>, JobOutcome) {
         let kind = JobKind::parse(&job.kind);
         let outcome = match kind {
-            Some(JobKind::Notify) if !allowed => Outcome::Dead(format!(
+            Some(JobKind::Notify) if !allowed => JobOutcome::Dead(format!(
                 "flood guard: {} messages to this recipient about the same other party within \
                  {} already (NOTIFY_FLOOD_LIMIT); not sent. If it is still wanted, retry it \
                  from the dead letters",
@@ -288,18 +272,18 @@ impl Dispatcher {
             Some(JobKind::Reminder) => self.reminder(job).await,
             Some(JobKind::Deadline) => self.deadline(job).await,
             Some(JobKind::Refund) => match &self.refunds {
-                None => Outcome::Dead("no payment provider in this worker".into()),
-                Some(refunds) => refunds.run(&self.store, job).await.into(),
+                None => JobOutcome::Dead("no payment provider in this worker".into()),
+                Some(refunds) => refunds.run(&self.store, job).await,
             },
             Some(JobKind::Room) => match &self.media {
-                None => Outcome::Dead("no video provider in this worker".into()),
-                Some(media) => media.run_room(&self.store, job).await.into(),
+                None => JobOutcome::Dead("no video provider in this worker".into()),
+                Some(media) => media.run_room(&self.store, job).await,
             },
             Some(JobKind::Call) => match &self.media {
-                None => Outcome::Dead("no voice provider in this worker".into()),
-                Some(media) => media.run_call(&self.store, job).await.into(),
+                None => JobOutcome::Dead("no voice provider in this worker".into()),
+                Some(media) => media.run_call(&self.store, job).await,
             },
-            None => Outcome::Dead(format!("unknown job kind {}", job.kind)),
+            None => JobOutcome::Dead(format!("unknown job kind {}", job.kind)),
         };
         (kind, outcome)
     }
@@ -318,8 +302,8 @@ impl Dispatcher {
                     .flatten()
                     .map(|p| {
                         (
-                            reactor::recipient_key(&p.to),
-                            reactor::sender_key(&p.sender),
+                            notifications::recipient_key(&p.to),
+                            notifications::sender_key(&p.sender),
                         )
                     })
             })
@@ -370,11 +354,11 @@ impl Dispatcher {
     }
 
     /// What an outcome does to its job and its notification.
-    fn settle(&self, job: &Job, kind: Option<JobKind>, outcome: Outcome, now: i64) -> Settled {
+    fn settle(&self, job: &Job, kind: Option<JobKind>, outcome: JobOutcome, now: i64) -> Settled {
         let notify = kind == Some(JobKind::Notify);
         let (settlement, error) = match outcome {
-            Outcome::Done => (Settlement::Done, None),
-            Outcome::Sent(provider_message_id) => {
+            JobOutcome::Done => (Settlement::Done, None),
+            JobOutcome::Sent(provider_message_id) => {
                 return Settled {
                     id: job.id.clone(),
                     settlement: Settlement::Done,
@@ -383,12 +367,12 @@ impl Dispatcher {
                     attempts: job.attempts,
                 };
             }
-            Outcome::Retry(error) if job.attempts < job.max_attempts => {
+            JobOutcome::Retry(error) if job.attempts < job.max_attempts => {
                 let delay = i64::try_from(self.backoff(job.attempts).as_millis()).unwrap_or(0);
                 tracing::info!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job failed; will retry");
                 (Settlement::Retry { at_ms: now + delay }, Some(error))
             }
-            Outcome::Retry(error) | Outcome::Dead(error) => {
+            JobOutcome::Retry(error) | JobOutcome::Dead(error) => {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempts = job.attempts, error = %error, "job dead-lettered");
                 (Settlement::Dead, Some(error))
             }
@@ -412,7 +396,7 @@ impl Dispatcher {
     /// the job at fault by halving, as the subscriptions narrow a failing batch. A job whose
     /// outcome cannot be recorded alone is dead-lettered with the reason, never run again by
     /// itself: its lock running out would otherwise send it again, and again, every `lease`.
-    async fn record_all(&self, claimed: &[Job], outcomes: Vec<(Option<JobKind>, Outcome)>) {
+    async fn record_all(&self, claimed: &[Job], outcomes: Vec<(Option<JobKind>, JobOutcome)>) {
         let now = now_ms();
         let settled: Vec<Settled> = claimed
             .iter()
@@ -504,22 +488,22 @@ impl Dispatcher {
         }
     }
 
-    async fn notify(&self, job: &Job) -> Outcome {
+    async fn notify(&self, job: &Job) -> JobOutcome {
         let payload: NotifyPayload = match serde_json::from_str(&job.payload) {
             Ok(payload) => payload,
-            Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("unreadable job: {err}")),
         };
         let message = match self.render(job, &payload) {
             Ok(message) => message,
-            Err(err) => return Outcome::Dead(format!("cannot render: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("cannot render: {err}")),
         };
         let sent = match self.channels.of(payload.channel).send(&message).await {
             Ok(sent) => sent,
-            Err(err) if err.retryable => return Outcome::Retry(err.message),
-            Err(err) => return Outcome::Dead(err.message),
+            Err(err) if err.retryable => return JobOutcome::Retry(err.message),
+            Err(err) => return JobOutcome::Dead(err.message),
         };
         tracing::info!(job = %job.id, consultation = %job.consultation_id, channel = %payload.channel, kind = payload.kind.as_str(), "notification sent");
-        Outcome::Sent(sent.provider_message_id)
+        JobOutcome::Sent(sent.provider_message_id)
     }
 
     fn render(&self, job: &Job, payload: &NotifyPayload) -> Result<Message, String> {
@@ -588,14 +572,14 @@ impl Dispatcher {
 
     /// A reminder timer: if the consultation is still confirmed for the same start, queue the
     /// reminder's sends (with keys of their own, so a second firing queues nothing).
-    async fn reminder(&self, job: &Job) -> Outcome {
+    async fn reminder(&self, job: &Job) -> JobOutcome {
         let reminder: ReminderPayload = match serde_json::from_str(&job.payload) {
             Ok(payload) => payload,
-            Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("unreadable job: {err}")),
         };
         match self.fire_reminder(job, &reminder).await {
-            Ok(_) => Outcome::Done,
-            Err(err) => Outcome::Retry(consult_store::error_chain(err.as_ref())),
+            Ok(_) => JobOutcome::Done,
+            Err(err) => JobOutcome::Retry(consult_store::error_chain(err.as_ref())),
         }
     }
 
@@ -609,14 +593,14 @@ impl Dispatcher {
         let mut write = self.store.begin_write().await?;
         let tx = &mut write.tx();
         let queued = {
-            let (state, provider) = reactor::load_for_timer(tx, id).await?;
+            let (state, provider) = notifications::load_for_timer(tx, id).await?;
             let now = Utc::now();
             let current = state.status == Status::Confirmed
                 && state.starts_at() == Some(reminder.starts_at)
                 && now < reminder.starts_at;
             let mut queued = 0;
             if current {
-                let sends = reactor::reminder_sends(
+                let sends = notifications::reminder_sends(
                     &self.config,
                     id,
                     &state,
@@ -627,7 +611,7 @@ impl Dispatcher {
                 let planned: Vec<(&_, bool)> = sends.iter().map(|send| (send, false)).collect();
                 let inserted = jobs::insert_many(tx, &planned, now.timestamp_millis()).await?;
                 let logs: Vec<&_> = sends.iter().filter(|s| inserted.contains(&s.id)).collect();
-                reactor::insert_logs(tx, &logs, now.timestamp_millis()).await?;
+                notifications::insert_logs(tx, &logs, now.timestamp_millis()).await?;
                 queued = logs.len();
             } else {
                 tracing::info!(job = %job.id, consultation = %id, "reminder no longer due; skipped");
@@ -640,10 +624,10 @@ impl Dispatcher {
 
     /// A deadline timer: expires the consultation if it is still in the state the deadline
     /// was set for.
-    async fn deadline(&self, job: &Job) -> Outcome {
+    async fn deadline(&self, job: &Job) -> JobOutcome {
         let deadline: DeadlinePayload = match serde_json::from_str(&job.payload) {
             Ok(payload) => payload,
-            Err(err) => return Outcome::Dead(format!("unreadable job: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("unreadable job: {err}")),
         };
         let metadata = Metadata {
             actor_id: "deadlines".to_owned(),
@@ -678,9 +662,9 @@ impl Dispatcher {
             )
             .await;
         match result {
-            Ok(_) => Outcome::Done,
-            Err(consult_store::ExecuteError::Refused(_)) => Outcome::Done,
-            Err(err) => Outcome::Retry(err.to_string()),
+            Ok(_) => JobOutcome::Done,
+            Err(consult_store::ExecuteError::Refused(_)) => JobOutcome::Done,
+            Err(err) => JobOutcome::Retry(err.to_string()),
         }
     }
 }

@@ -4,18 +4,19 @@
 
 pub mod channels;
 pub mod dispatch;
-pub mod media;
 pub mod messages;
+pub mod notifications;
+pub mod outcome;
 pub mod payments;
-pub mod reactor;
 pub mod refunds;
+pub mod room_jobs;
 pub mod rooms;
 pub mod twilio_signature;
 pub mod video;
 pub mod voice;
 
 pub use dispatch::{Channels, Dispatcher, DispatcherOptions, FloodGuard};
-pub use media::Media;
-pub use reactor::{parse_reminders, NotificationsReactor, ReactorConfig, ReminderSpec};
+pub use notifications::{parse_reminders, NotificationsConfig, NotificationsReactor, ReminderSpec};
 pub use refunds::{Refunds, RefundsReactor};
+pub use room_jobs::Media;
 pub use rooms::{RoomsConfig, RoomsReactor};

@@ -16,8 +16,8 @@ use consult_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::media::MediaOutcome;
 use crate::payments::{PaymentProvider, RefundRequest};
+use crate::room_jobs::JobOutcome;
 use consult_store::jobs::{self, Job, JobKind, NewJob};
 
 /// A refund job's payload.
@@ -121,19 +121,19 @@ pub struct Refunds {
 }
 
 impl Refunds {
-    pub(crate) async fn run(&self, store: &Store, job: &Job) -> MediaOutcome {
+    pub(crate) async fn run(&self, store: &Store, job: &Job) -> JobOutcome {
         let refund: RefundJob = match serde_json::from_str(&job.payload) {
             Ok(refund) => refund,
-            Err(err) => return MediaOutcome::Dead(format!("unreadable job: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("unreadable job: {err}")),
         };
         let id = &job.consultation_id;
         let state = match store.load::<Consultation>(id).await {
             Ok(Some(loaded)) => loaded.aggregate,
-            Ok(None) => return MediaOutcome::Dead("no such consultation".into()),
-            Err(err) => return MediaOutcome::Retry(err.to_string()),
+            Ok(None) => return JobOutcome::Dead("no such consultation".into()),
+            Err(err) => return JobOutcome::Retry(err.to_string()),
         };
         if state.payment != PaymentStatus::RefundPending || state.refund_id.is_some() {
-            return MediaOutcome::Done;
+            return JobOutcome::Done;
         }
         let request = RefundRequest {
             payment_id: refund.payment_id.clone(),
@@ -165,9 +165,9 @@ impl Refunds {
         match result {
             Ok(_) | Err(ExecuteError::Refused(_)) => {
                 tracing::info!(job = %job.id, consultation = %id, provider = self.provider.name(), "refund requested");
-                MediaOutcome::Done
+                JobOutcome::Done
             }
-            Err(err) => MediaOutcome::Retry(err.to_string()),
+            Err(err) => JobOutcome::Retry(err.to_string()),
         }
     }
 }

@@ -22,7 +22,7 @@ use consult_domain::{Consultation, ConsultationEvent, Mode, Party, RoomEndReason
 use consult_store::{calls, BoxFuture, Handler, HandlerError, RecordedEvent, Tx};
 use serde::{Deserialize, Serialize};
 
-use crate::reactor::chrono_duration;
+use crate::notifications::chrono_duration;
 use consult_store::jobs::{self, JobKind, NewJob};
 
 /// What the rooms reactor needs to know.

@@ -93,7 +93,7 @@ fn parse_offset(text: &str) -> Option<Duration> {
 
 /// What the reactor needs to know.
 #[derive(Debug, Clone)]
-pub struct ReactorConfig {
+pub struct NotificationsConfig {
     pub reminders: Vec<ReminderSpec>,
     /// A request not accepted this long after booking (or by its start) expires.
     pub accept_deadline: Duration,
@@ -101,7 +101,7 @@ pub struct ReactorConfig {
     pub max_attempts: i32,
 }
 
-impl Default for ReactorConfig {
+impl Default for NotificationsConfig {
     fn default() -> Self {
         Self {
             reminders: parse_reminders("24h:email,1h:sms,15m:sms+email").unwrap_or_default(),
@@ -195,13 +195,13 @@ pub struct DeadlinePayload {
 /// The `notifications` reactor subscription.
 #[derive(Debug, Clone)]
 pub struct NotificationsReactor {
-    config: ReactorConfig,
+    config: NotificationsConfig,
     /// Wakes this process's dispatcher when jobs were queued.
     wake: tokio::sync::watch::Sender<u64>,
 }
 
 impl NotificationsReactor {
-    pub fn new(config: ReactorConfig, wake: tokio::sync::watch::Sender<u64>) -> Self {
+    pub fn new(config: NotificationsConfig, wake: tokio::sync::watch::Sender<u64>) -> Self {
         Self { config, wake }
     }
 }
@@ -270,7 +270,7 @@ impl Plan {
 }
 
 struct Context<'a> {
-    config: &'a ReactorConfig,
+    config: &'a NotificationsConfig,
     id: &'a str,
     sequence: i64,
     now: DateTime<Utc>,
@@ -760,7 +760,7 @@ fn notify_jobs(
 
 /// The jobs a reminder timer queues when it fires: the reminder's sends to both parties.
 pub(crate) fn reminder_sends(
-    config: &ReactorConfig,
+    config: &NotificationsConfig,
     id: &str,
     state: &Consultation,
     provider: Option<&ProviderProfile>,

@@ -16,11 +16,12 @@ use consult_domain::{
 };
 use consult_store::{calls, ExecuteError, Metadata, Store, StoreError};
 
-use crate::channels::SendError;
 use crate::rooms::{CallJob, RoomJob};
 use crate::video::{RoomRequest, VideoProvider};
 use crate::voice::{CallRequest, VoiceProvider};
 use consult_store::jobs::Job;
+
+pub(crate) use crate::outcome::JobOutcome;
 
 /// The providers room and call jobs use, and where their callbacks go.
 #[derive(Debug, Clone)]
@@ -34,23 +35,6 @@ pub struct Media {
     pub grace: Duration,
 }
 
-/// How a room or call job ended.
-pub(crate) enum MediaOutcome {
-    Done,
-    Retry(String),
-    Dead(String),
-}
-
-impl From<SendError> for MediaOutcome {
-    fn from(err: SendError) -> Self {
-        if err.retryable {
-            Self::Retry(err.message)
-        } else {
-            Self::Dead(err.message)
-        }
-    }
-}
-
 fn metadata(job: &Job, actor: &str) -> Metadata {
     Metadata {
         actor_id: actor.to_owned(),
@@ -61,8 +45,8 @@ fn metadata(job: &Job, actor: &str) -> Metadata {
     }
 }
 
-fn retry_store(err: impl std::fmt::Display) -> MediaOutcome {
-    MediaOutcome::Retry(err.to_string())
+fn retry_store(err: impl std::fmt::Display) -> JobOutcome {
+    JobOutcome::Retry(err.to_string())
 }
 
 impl Media {
@@ -71,14 +55,14 @@ impl Media {
     }
 
     /// Runs a room job.
-    pub(crate) async fn run_room(&self, store: &Store, job: &Job) -> MediaOutcome {
+    pub(crate) async fn run_room(&self, store: &Store, job: &Job) -> JobOutcome {
         let action: RoomJob = match serde_json::from_str(&job.payload) {
             Ok(action) => action,
-            Err(err) => return MediaOutcome::Dead(format!("unreadable job: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("unreadable job: {err}")),
         };
         let state = match store.load::<Consultation>(&job.consultation_id).await {
             Ok(Some(loaded)) => loaded.aggregate,
-            Ok(None) => return MediaOutcome::Dead("no such consultation".into()),
+            Ok(None) => return JobOutcome::Dead("no such consultation".into()),
             Err(err) => return retry_store(err),
         };
         match action {
@@ -96,7 +80,7 @@ impl Media {
         state: &Consultation,
         name: String,
         starts_at: chrono::DateTime<Utc>,
-    ) -> MediaOutcome {
+    ) -> JobOutcome {
         let id = &job.consultation_id;
         let wanted = |s: &Consultation| {
             matches!(s.status, Status::Confirmed | Status::InProgress)
@@ -105,14 +89,14 @@ impl Media {
         };
         if !wanted(state) {
             tracing::info!(job = %job.id, consultation = %id, "room no longer needed for this start; skipped");
-            return MediaOutcome::Done;
+            return JobOutcome::Done;
         }
         if let Some(open) = state.open_room() {
             let current = open.name == name
                 || open.for_start == Some(starts_at)
                 || self.video.provision_lead().is_none();
             if current {
-                return MediaOutcome::Done;
+                return JobOutcome::Done;
             }
             // A room made for the old start of a moved consultation: the provider would close it
             // before the new start, so it is replaced.
@@ -161,7 +145,7 @@ impl Media {
                 if committed.written > 0 {
                     tracing::info!(job = %job.id, consultation = %id, provider = self.video.name(), "room provisioned");
                 }
-                MediaOutcome::Done
+                JobOutcome::Done
             }
             Ok(_) | Err(ExecuteError::Refused(_)) => {
                 // The consultation closed or moved (or has another room) meanwhile: this room
@@ -172,7 +156,7 @@ impl Media {
                     .end_room(&created.name, created.sid.as_deref())
                     .await
                 {
-                    Ok(()) => MediaOutcome::Done,
+                    Ok(()) => JobOutcome::Done,
                     Err(err) => err.into(),
                 }
             }
@@ -186,17 +170,17 @@ impl Media {
         job: &Job,
         state: &Consultation,
         reason: RoomEndReason,
-    ) -> MediaOutcome {
+    ) -> JobOutcome {
         let Some(room) = state.open_room() else {
-            return MediaOutcome::Done;
+            return JobOutcome::Done;
         };
         if reason == RoomEndReason::TimeUp {
             let close = state
                 .ends_at()
-                .map(|end| end + crate::reactor::chrono_duration(self.grace));
+                .map(|end| end + crate::notifications::chrono_duration(self.grace));
             if close.is_some_and(|close| close > Utc::now()) {
                 // The consultation moved later; the timer of its new end will close the room.
-                return MediaOutcome::Done;
+                return JobOutcome::Done;
             }
         }
         if let Err(err) = self.video.end_room(&room.name, room.sid.as_deref()).await {
@@ -205,7 +189,7 @@ impl Media {
         match self.record_end(store, job, &room.name, reason).await {
             Ok(()) => {
                 tracing::info!(job = %job.id, consultation = %job.consultation_id, "room ended");
-                MediaOutcome::Done
+                JobOutcome::Done
             }
             Err(outcome) => outcome,
         }
@@ -218,7 +202,7 @@ impl Media {
         job: &Job,
         name: &str,
         reason: RoomEndReason,
-    ) -> Result<(), MediaOutcome> {
+    ) -> Result<(), JobOutcome> {
         let now = Utc::now();
         let result = store
             .execute::<Consultation, ConsultationError, _>(
@@ -245,16 +229,16 @@ impl Media {
 
     /// Runs a call job: rings the participant who asked, whose phone then fetches our TwiML,
     /// which dials the other one.
-    pub(crate) async fn run_call(&self, store: &Store, job: &Job) -> MediaOutcome {
+    pub(crate) async fn run_call(&self, store: &Store, job: &Job) -> JobOutcome {
         let call: CallJob = match serde_json::from_str(&job.payload) {
             Ok(call) => call,
-            Err(err) => return MediaOutcome::Dead(format!("unreadable job: {err}")),
+            Err(err) => return JobOutcome::Dead(format!("unreadable job: {err}")),
         };
         let outcome = self.place_call(store, job, &call).await;
         let (status, error) = match &outcome {
-            MediaOutcome::Done => (None, None),
-            MediaOutcome::Retry(error) => (None, Some(error.as_str())),
-            MediaOutcome::Dead(error) => (Some("failed"), Some(error.as_str())),
+            JobOutcome::Done | JobOutcome::Sent(_) => (None, None),
+            JobOutcome::Retry(error) => (None, Some(error.as_str())),
+            JobOutcome::Dead(error) => (Some("failed"), Some(error.as_str())),
         };
         if status.is_some() || error.is_some() {
             if let Err(err) =
@@ -266,10 +250,10 @@ impl Media {
         outcome
     }
 
-    async fn place_call(&self, store: &Store, job: &Job, call: &CallJob) -> MediaOutcome {
+    async fn place_call(&self, store: &Store, job: &Job, call: &CallJob) -> JobOutcome {
         let id = &job.consultation_id;
         let Some(voice) = self.voice.as_ref() else {
-            return MediaOutcome::Dead(
+            return JobOutcome::Dead(
                 "no voice provider is configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, \
                  TWILIO_PHONE_NUMBER)"
                     .into(),
@@ -277,21 +261,21 @@ impl Media {
         };
         let state = match store.load::<Consultation>(id).await {
             Ok(Some(loaded)) => loaded.aggregate,
-            Ok(None) => return MediaOutcome::Dead("no such consultation".into()),
+            Ok(None) => return JobOutcome::Dead("no such consultation".into()),
             Err(err) => return retry_store(err),
         };
         let Some(booking) = state.booking.as_ref() else {
-            return MediaOutcome::Dead("no such consultation".into());
+            return JobOutcome::Dead("no such consultation".into());
         };
         if !matches!(state.status, Status::Confirmed | Status::InProgress) {
-            return MediaOutcome::Dead(format!("the consultation is {}", state.status));
+            return JobOutcome::Dead(format!("the consultation is {}", state.status));
         }
         let too_late = state
             .ends_at()
-            .map(|end| end + crate::reactor::chrono_duration(self.grace))
+            .map(|end| end + crate::notifications::chrono_duration(self.grace))
             .is_some_and(|close| close <= Utc::now());
         if too_late {
-            return MediaOutcome::Dead("the consultation's time is over".into());
+            return JobOutcome::Dead("the consultation's time is over".into());
         }
         let phone = match call.by {
             Party::Patient => booking
@@ -307,7 +291,7 @@ impl Media {
             },
         };
         let Some(phone) = phone else {
-            return MediaOutcome::Dead("the caller has no phone number on record".into());
+            return JobOutcome::Dead("the caller has no phone number on record".into());
         };
         let by = match call.by {
             Party::Patient => "patient",
@@ -343,7 +327,7 @@ impl Media {
             // The call is ringing; its callbacks will fill the row in.
             tracing::warn!(error = %err, call = %call.call_id, "cannot record the placed call");
         }
-        MediaOutcome::Done
+        JobOutcome::Done
     }
 }
 
