@@ -26,7 +26,6 @@ use consult_store::Store;
 
 pub use auth::{Caller, Claims, Role, TokenError, TokenKey};
 pub use error::{ApiError, Problem};
-pub use routes::audit::build_history;
 pub use server::{serve, HttpTimeouts};
 
 /// Request bodies larger than this are refused with 413.

@@ -768,7 +768,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 })
                 .transpose()?;
             let store = open_store(storage).await?;
-            let history = consult_api::build_history(&store, &id, as_of).await;
+            let history = consult_projections::history(&store, &id, as_of).await;
             store.close().await;
             let Some(history) = history.map_err(|e| e.to_string())? else {
                 return Err(format!("no consultation {id}").into());

@@ -6,6 +6,7 @@
 //! event exactly once. [`all`] lists the projections a worker process runs.
 
 mod consultations;
+mod history;
 mod queries;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use consult_store::Handler;
 
 pub use consultations::ConsultationsProjection;
+pub use history::{history, HistoryError};
 pub use queries::{
     consultation, consultations, Cursor, CursorError, ListFilter, Page, Summary, TimeWindow,
 };
