@@ -7,6 +7,7 @@ use consult_domain::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
@@ -18,38 +19,56 @@ use crate::AppState;
 /// Longest free text we accept in a reason.
 const REASON_MAX_CHARS: usize = 2000;
 
-#[derive(Debug, Deserialize)]
+/// How to reach the patient: at least one of `phone` and `email`; `whatsapp` needs `phone`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct ContactRequest {
+    #[schema(value_type = Option<crate::openapi::PhoneNumber>, required = false)]
     phone: Option<String>,
+    #[schema(value_type = Option<crate::openapi::EmailAddress>, required = false)]
     email: Option<String>,
+    /// Opt in to WhatsApp messages on `phone`.
     #[serde(default)]
+    #[schema(default = false)]
     whatsapp: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct BookRequest {
+    #[schema(value_type = crate::openapi::Identifier)]
     provider_id: String,
+    /// Must be in the future and before 9000-01-01T00:00:00Z (422 otherwise); truncated to whole seconds. A leap second (`…23:59:60Z`) is read as the second after it.
+    #[schema(format = DateTime)]
     starts_at: String,
+    #[schema(value_type = crate::openapi::DurationMinutes)]
     duration_minutes: i64,
+    #[schema(value_type = crate::openapi::Mode)]
     mode: String,
+    #[schema(value_type = crate::openapi::TimeZoneName)]
     timezone: String,
     contact: ContactRequest,
+    #[schema(value_type = Option<crate::openapi::Reason>, required = false)]
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct ReasonRequest {
+    #[schema(value_type = crate::openapi::Reason)]
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RescheduleRequest {
+    /// The new start; must be in the future and before 9000-01-01T00:00:00Z (422 otherwise). Truncated to whole seconds; a leap second (`…23:59:60Z`) is read as the second after it.
+    #[schema(format = DateTime)]
     starts_at: String,
+    /// The new duration; the current one when absent or null.
+    #[schema(value_type = Option<crate::openapi::DurationMinutes>, required = false)]
     duration_minutes: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct NoShowRequest {
+    #[schema(value_type = crate::openapi::NoShowRequestParty, inline)]
     party: String,
 }
 
@@ -175,6 +194,32 @@ fn booking_id(caller: &Caller, idempotency_key: Option<&str>) -> Uuid {
 }
 
 /// `POST /v1/consultations` (patient).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations",
+    operation_id = "bookConsultation",
+    tag = "consultations",
+    summary = "Book a consultation",
+    description = "Patient only; the patient is the token's `sub`. Creates a consultation in status `requested` under a new UUID. 422 with `field: provider_id` when no provider is registered under that id. `If-Match` is not used: a malformed value is still refused with 422, a well-formed one is ignored.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    request_body(content = BookRequest, description = "What to book."),
+    responses(
+        (status = 201, description = "Booked (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Location" = String, description = "Path of the created resource."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn book(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,6 +357,34 @@ where
 }
 
 /// `POST /v1/consultations/{id}/accept` (its provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/accept",
+    operation_id = "acceptConsultation",
+    tag = "consultations",
+    summary = "Accept a requested consultation",
+    description = "The provider accepts the request.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version. This command takes no request body; any body sent is ignored (it still counts towards the 64 KiB limit and the Idempotency-Key fingerprint).",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn accept(
     State(state): State<AppState>,
     caller: Caller,
@@ -326,6 +399,35 @@ pub async fn accept(
 }
 
 /// `POST /v1/consultations/{id}/decline` (its provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/decline",
+    operation_id = "declineConsultation",
+    tag = "consultations",
+    summary = "Decline a requested consultation",
+    description = "The provider declines the request, giving a reason.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    request_body(content = ReasonRequest, description = "Why the request is declined."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn decline(
     State(state): State<AppState>,
     caller: Caller,
@@ -352,6 +454,35 @@ pub async fn decline(
 }
 
 /// `POST /v1/consultations/{id}/reschedule` (its patient or provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/reschedule",
+    operation_id = "rescheduleConsultation",
+    tag = "consultations",
+    summary = "Reschedule a consultation",
+    description = "Moves an open consultation to a new start, optionally with a new duration.\n\nAllowed: its patient or its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    request_body(content = RescheduleRequest, description = "The new start and, optionally, duration."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn reschedule(
     State(state): State<AppState>,
     caller: Caller,
@@ -382,6 +513,35 @@ pub async fn reschedule(
 }
 
 /// `POST /v1/consultations/{id}/cancel` (its patient, its provider, admin).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/cancel",
+    operation_id = "cancelConsultation",
+    tag = "consultations",
+    summary = "Cancel a consultation",
+    description = "Cancels an open consultation, giving a reason.\n\nAllowed: its patient, its provider, or an admin. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    request_body(content = ReasonRequest, description = "Why the consultation is cancelled."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -410,6 +570,34 @@ pub async fn cancel(
 }
 
 /// `POST /v1/consultations/{id}/complete` (its provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/complete",
+    operation_id = "completeConsultation",
+    tag = "consultations",
+    summary = "Complete a consultation",
+    description = "The provider marks the consultation as held.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version. This command takes no request body; any body sent is ignored (it still counts towards the 64 KiB limit and the Idempotency-Key fingerprint).",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     caller: Caller,
@@ -424,6 +612,35 @@ pub async fn complete(
 }
 
 /// `POST /v1/consultations/{id}/no-show` (its provider, admin).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/no-show",
+    operation_id = "recordNoShow",
+    tag = "consultations",
+    summary = "Record a no-show",
+    description = "Records that the patient or the provider did not show up.\n\nAllowed: its provider, or an admin. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
+        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    request_body(content = NoShowRequest, description = "Who did not show up."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn no_show(
     State(state): State<AppState>,
     caller: Caller,

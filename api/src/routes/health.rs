@@ -6,11 +6,40 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness: the process is up",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    responses(
+        (status = 200, description = "The process is up.", body = crate::openapi::Health, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID.")))
+    ),
+    security(()),
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The database answers and the schema is current.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "Readiness: the database answers and its schema is current",
+    params(
+        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+    ),
+    responses(
+        (status = 200, description = "Ready to serve.", body = crate::openapi::Readiness, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(()),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match state.store.ready().await {
         Ok(true) => Ok(Json(
