@@ -16,7 +16,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{OpenApi, Ref, RefOr, Response, ResponseBuilder};
-use utoipa::{Modify, ToResponse, ToSchema};
+use utoipa::{IntoParams, Modify, ToResponse, ToSchema};
 
 /// `application/problem+json` with a `Problem` narrowed to one status and some codes.
 fn problem_response(
@@ -423,6 +423,60 @@ const TAGS: &[(&str, &str)] = &[
     ("documentation", "This document and a page that lists it."),
     ("audit", "History, tamper evidence, access log, FHIR export."),
 ];
+
+/// The `X-Request-Id` header every route takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct RequestIdHeader {
+    /// The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.
+    #[param(rename = "X-Request-Id", nullable = false)]
+    request_id: Option<String>,
+}
+
+/// The headers of a command that creates a consultation: `If-Match` is not used.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct BookHeaders {
+    /// Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        nullable = false
+    )]
+    idempotency_key: Option<String>,
+    /// Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.
+    #[param(rename = "X-Correlation-Id", nullable = false)]
+    correlation_id: Option<String>,
+    /// The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.
+    #[param(rename = "X-Request-Id", nullable = false)]
+    request_id: Option<String>,
+}
+
+/// The headers of a command on an existing stream.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CommandHeaders {
+    /// Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        nullable = false
+    )]
+    idempotency_key: Option<String>,
+    /// The version the stream must be at for the command to run: `3`, `"3"` or `W/"3"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.
+    #[param(
+        rename = "If-Match",
+        pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$",
+        nullable = false
+    )]
+    if_match: Option<String>,
+    /// Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.
+    #[param(rename = "X-Correlation-Id", nullable = false)]
+    correlation_id: Option<String>,
+    /// The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.
+    #[param(rename = "X-Request-Id", nullable = false)]
+    request_id: Option<String>,
+}
 
 // The shapes of requests and responses.
 

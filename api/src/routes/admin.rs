@@ -84,7 +84,7 @@ fn view(status: &SubscriptionStatus, now_ms: i64) -> Value {
     summary = "Subscription status",
     description = "Admin only. Every subscription, projections and reactors, with its checkpoint, lease, lag and failures, and the head of the global log.",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The subscriptions.", body = crate::openapi::Subscriptions, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -121,7 +121,7 @@ pub async fn subscriptions(
     description = "Admin only. Asks the process that owns the projection to empty its read model and replay the global log from position 0. Answers 202 at once; follow the rebuild on `GET /v1/admin/subscriptions` (`reset_requested`, then `replaying`, then `live`). Reads keep being served meanwhile: on PostgreSQL from the previous read model (complete but not updated until the replay has caught up and takes its place; reads with `after` answer `X-Projection-Stale: true`), on SQLite from the partly rebuilt one. Asking again while a rebuild runs starts it over. Takes no request body (any body is ignored) and no `Idempotency-Key`.",
     params(
         ("name" = crate::openapi::RebuildProjectionName, Path, description = "The projection's name. Currently the only projection is `consultations`; any other name (reactors included) gives 404."),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 202, description = "The rebuild was requested.", body = crate::openapi::RebuildAccepted, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -169,7 +169,7 @@ type Family = (
     summary = "Prometheus metrics",
     description = "No auth, unless the server sets `METRICS_TOKEN`: then only `Authorization: Bearer <METRICS_TOKEN>` is answered, anything else gets 401 `unauthorized`. Prometheus text exposition format 0.0.4 (`Content-Type: text/plain; version=0.0.4; charset=utf-8`). All gauges: `consult_log_head_position`, and per subscription (label `subscription`) `consult_subscription_position`, `consult_subscription_lag_events` (capped at 100000), `consult_subscription_lag_seconds` and `consult_subscription_failures`. Read from the database, so every process reports every subscription. No personal data.",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),

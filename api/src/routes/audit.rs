@@ -166,7 +166,7 @@ fn metadata(text: &str) -> Value {
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
         ("as_of" = Option<String>, Query, format = DateTime, nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The history.", body = crate::openapi::History, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -417,7 +417,7 @@ type AccessRow = (i64, i64, String, String, String, String, i32, String);
     params(
         ("consultation_id" = Option<String>, Query, nullable = false),
         ("actor_id" = Option<String>, Query, nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The entries.", body = crate::openapi::AccessLog, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -476,7 +476,7 @@ pub async fn access_entries(
     description = "Allowed: its patient and provider, admin, auditor. Status mapping: requested and accepted → `pending`, confirmed → `booked`, in progress → `arrived`, completed → `fulfilled`, cancelled, declined and expired → `cancelled` with a `cancelationReason` (appointment-cancellation-reason: `pat`, `prov` or `other`), no-show → `noshow` (with the party as `cancelationReason`). Participants `Patient/<id>` and `Practitioner/<id>` with their participation status; start and end; the meeting link as the extension `https://consult.example/fhir/StructureDefinition/meeting-link`. No contact details and no medical reason. Logged in the access log.",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "An R4 Appointment.", body = Object, content_type = "application/fhir+json", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),

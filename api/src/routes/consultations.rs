@@ -202,9 +202,7 @@ fn booking_id(caller: &Caller, idempotency_key: Option<&str>) -> Uuid {
     summary = "Book a consultation",
     description = "Patient only; the patient is the token's `sub`. Creates a consultation in status `requested` under a new UUID. 422 with `field: provider_id` when no provider is registered under that id. `If-Match` is not used: a malformed value is still refused with 422, a well-formed one is ignored.",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::BookHeaders
     ),
     request_body(content = BookRequest, description = "What to book."),
     responses(
@@ -366,10 +364,7 @@ where
     description = "The provider accepts the request.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version. This command takes no request body; any body sent is ignored (it still counts towards the 64 KiB limit and the Idempotency-Key fingerprint).",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     responses(
         (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
@@ -408,10 +403,7 @@ pub async fn accept(
     description = "The provider declines the request, giving a reason.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     request_body(content = ReasonRequest, description = "Why the request is declined."),
     responses(
@@ -463,10 +455,7 @@ pub async fn decline(
     description = "Moves an open consultation to a new start, optionally with a new duration.\n\nAllowed: its patient or its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     request_body(content = RescheduleRequest, description = "The new start and, optionally, duration."),
     responses(
@@ -522,10 +511,7 @@ pub async fn reschedule(
     description = "Cancels an open consultation, giving a reason.\n\nAllowed: its patient, its provider, or an admin. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     request_body(content = ReasonRequest, description = "Why the consultation is cancelled."),
     responses(
@@ -579,10 +565,7 @@ pub async fn cancel(
     description = "The provider marks the consultation as held.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version. This command takes no request body; any body sent is ignored (it still counts towards the 64 KiB limit and the Idempotency-Key fingerprint).",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     responses(
         (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
@@ -621,10 +604,7 @@ pub async fn complete(
     description = "Records that the patient or the provider did not show up.\n\nAllowed: its provider, or an admin. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     request_body(content = NoShowRequest, description = "Who did not show up."),
     responses(

@@ -25,7 +25,7 @@ const CACHEABLE: &str = "public, max-age=300";
     tag = "documentation",
     summary = "This OpenAPI document",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The OpenAPI 3.1 document.", body = Object, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID.")))
@@ -52,7 +52,7 @@ pub async fn openapi() -> impl IntoResponse {
     tag = "documentation",
     summary = "A page listing the operations of this document",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "A self-contained HTML page that loads `/openapi.json`.", body = String, content_type = "text/html", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID.")))

@@ -106,7 +106,7 @@ fn check_window(
     description = "Allowed: the consultation's patient and provider only (admins and auditors get 403). The consultation must be a confirmed (or in-progress) video consultation, the time between `VIDEO_JOIN_BEFORE` (15 min) before its start and `VIDEO_GRACE` (30 min) after its end, and its room created (rooms are created by a worker once the consultation is confirmed; with Twilio, 20 minutes before the start). The token's identity is the caller's id; it lives at most `VIDEO_TOKEN_TTL` (1 h) and never past the end plus grace. Each call mints a new token; no body is read. 503 `not_configured` when no video provider that can mint tokens is configured.",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "A token for the caller.", body = crate::openapi::VideoToken, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -190,10 +190,7 @@ pub async fn video_token(
     description = "Allowed: the consultation's patient and provider. Records CallRequested; a worker then rings the caller's phone (the booking's phone for the patient, the directory's for the provider) from our number, and once answered connects them to the other participant's real number. The consultation must be a confirmed (or in-progress) voice consultation within its joining window (see video-token). Idempotent under `Idempotency-Key`; no body is read. 503 `not_configured` when voice calls are not configured (Twilio account and `TWILIO_PHONE_NUMBER`).",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     responses(
         (status = 202, description = "The call is queued.", body = crate::openapi::CallRequested, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
@@ -421,7 +418,7 @@ const FINAL_CALL_STATUSES: [&str; 5] = ["completed", "busy", "failed", "no-answe
     params(
         ("consultation_id" = Option<String>, Query, description = "Set by the server in the callback URL.", nullable = false),
         ("call_id" = Option<String>, Query, description = "Set by the server in the callback URL.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     request_body(content = crate::openapi::TwilioCallStatus, content_type = "application/x-www-form-urlencoded"),
     responses(
@@ -550,7 +547,7 @@ pub async fn call_status(
     description = "The `StatusCallback` of the rooms the server creates. Called by Twilio, not by clients. No bearer token: `X-Twilio-Signature` must match `PUBLIC_BASE_URL` + this path and query and the sorted form parameters; otherwise 403 `forbidden` and nothing is recorded. A signed request with a NUL character in a form or query parameter gives 400 `validation_failed`. Callbacks may repeat or arrive out of order: each fact is recorded once.",
     params(
         ("consultation_id" = Option<String>, Query, description = "Set by the server in the callback URL.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     request_body(content = crate::openapi::TwilioRoomStatus, content_type = "application/x-www-form-urlencoded"),
     responses(
@@ -681,7 +678,7 @@ fn say_and_hang_up(message: &str) -> Response {
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
         ("caller" = Option<String>, Query, description = "`patient` or `provider`: who was rung. Set by the server.", nullable = false),
         ("call_id" = Option<String>, Query, description = "Set by the server.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     request_body(content = Object, content_type = "application/x-www-form-urlencoded"),
     responses(

@@ -48,7 +48,7 @@ type LogRow = (
     description = "Its patient, its provider, admins and auditors. Every notification queued about the consultation (new request, acceptance, reminders, …), to whom, through which channel and with what outcome: pending, sent, delivered (as Twilio reports it), failed or dead. Recipients are masked; message texts are not shown. Authorized against the consultation's own event stream, not the `consultations` read model, so it never waits for a projection and takes no `after`: a 404 means there is no such consultation, a 403 that it is not the caller's. Takes no query parameters (any are ignored).",
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The notification log.", body = crate::openapi::NotificationLog, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -130,7 +130,7 @@ fn dead_letter(job: &jobs::Job) -> Value {
     summary = "Dead letters",
     description = "Admin only. Jobs that ran out of attempts (or failed permanently) and are no longer retried: notifications (`notify`), reminder timers and deadline timers, newest first, at most 500, with their last error. Job payloads, which hold contact details, are never shown; a `notify` job's notification is in its consultation's notification log under the same id. Re-queue one with `POST /v1/admin/dead-letters/{id}/retry`. Takes no query parameters (any are ignored).",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The dead letters.", body = crate::openapi::DeadLetterList, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -162,7 +162,7 @@ pub async fn dead_letters(
     description = "Admin only. Puts a dead job back in the queue, due at once, with a fresh set of attempts; for a `notify` job its notification goes back to `pending` (its `last_error` cleared). Answers 202 as soon as it is queued; follow a notification in its consultation's notification log. 404 `not_found` when no dead job has this id, which includes one already re-queued. Takes no request body (any body is ignored) and no `Idempotency-Key`.",
     params(
         ("id" = String, Path, description = "The dead letter's id: the `id` of an item of `GET /v1/admin/dead-letters`. An id that is not that of a dead job gives 404."),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 202, description = "The job was re-queued.", body = crate::openapi::DeadLetterRequeued, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
@@ -217,7 +217,7 @@ fn log_status(twilio: &str) -> Option<&'static str> {
     summary = "Twilio message status callback",
     description = "Called by Twilio, not by clients: the `StatusCallback` of every SMS and WhatsApp message the server sends, which points here (`PUBLIC_BASE_URL` + this path). No bearer token: the request must carry a valid `X-Twilio-Signature`; when it is missing or wrong, or Twilio is not configured, the answer is 403 `forbidden` and nothing changes. A signed request with a NUL character in a form or query parameter gives 400 `validation_failed`. The notification whose `provider_message_id` is `MessageSid` (or `SmsSid`) takes the status `MessageStatus` (or `SmsStatus`) maps to: `sent` → `sent`, `delivered` and `read` → `delivered`, `undelivered`, `failed` and `canceled` → `failed`; other statuses change nothing. A final status (`delivered`, `failed`) is never replaced by a later, out-of-order one. 204 for every signed callback that names a message and a status, including intermediate statuses and messages this server does not know, so that Twilio does not retry them; 422 `validation_failed` (`field: MessageSid`) when either is missing.",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     request_body(content = crate::openapi::TwilioMessageStatus, description = "Twilio's status callback form.", content_type = "application/x-www-form-urlencoded"),
     responses(

@@ -109,7 +109,7 @@ fn bad_request(field: &str, message: &str) -> ApiError {
     summary = "Payment provider webhook",
     description = "Called by the payment provider, not by clients. No bearer token: `Stripe-Signature` (`t=…,v1=…`, any `v1` may match) must be the HMAC-SHA256 of `t` + `.` + the raw body under `PAYMENT_WEBHOOK_SECRET` (the whole `whsec_…` string), and `t` at most `PAYMENT_WEBHOOK_TOLERANCE` (300 s) old; otherwise 400 `bad_signature` and nothing changes. `payment_intent.succeeded` → PaymentConfirmed (or PaymentFlagged when amount or currency is not the price); `payment_intent.payment_failed` → PaymentFailed; `charge.refunded` → Refunded. The consultation is `data.object.metadata.consultation_id`; an unknown one, or another event type, is acknowledged and recorded as ignored. Each provider event id is processed once (a primary key claims it): a repeat, also ten copies at once, answers 200 with `duplicate: true` and changes nothing. 503 `not_configured` without a secret.",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     request_body(content = ProviderEvent),
     responses(
@@ -443,7 +443,7 @@ type EventRow = (
     params(
         ("outcome" = Option<crate::openapi::ListPaymentEventsOutcome>, Query, nullable = false),
         ("consultation_id" = Option<String>, Query, nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The events.", body = crate::openapi::PaymentEventList, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),

@@ -92,10 +92,7 @@ fn view(profile: &ProviderProfile, full: bool) -> Value {
     summary = "Register a provider",
     description = "Admin only. Registers a clinician under an id chosen by the admin. 409 `already_exists` when the id is taken.",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key with the same request replays the stored response; with a different request, 422 `idempotency_mismatch`. Keys are scoped to the caller. A key that is not 1 to 128 letters, digits, `-`, `_`, `.`, `:` gives 422 with `field: Idempotency-Key`.", pattern = "^[A-Za-z0-9._:-]{1,128}$", nullable = false),
-        ("If-Match" = Option<String>, Header, description = "The version the stream must be at for the command to run: `3`, `\"3\"` or `W/\"3\"`. 412 `precondition_failed` when it has moved on; 422 with `field: If-Match` when the value is not a version number.", pattern = "^(W/)?(\"[0-9]+\"|[0-9]+)$", nullable = false),
-        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded in the metadata of the events the command writes when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by the request id.", nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::CommandHeaders
     ),
     request_body(content = RegisterRequest, description = "The provider's profile."),
     responses(
@@ -164,7 +161,7 @@ pub async fn register(
     description = "Any signed-in caller. `phone` and `email` are included only for admins, auditors and the provider itself; others get `id`, `name` and `timezone`.",
     params(
         ("id" = crate::openapi::Identifier, Path, description = "The provider's id. Anything that is not a valid provider id gives 404."),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The provider.", body = crate::openapi::Provider, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),

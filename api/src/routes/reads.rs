@@ -142,7 +142,7 @@ fn may_read(caller: &Caller, summary: &Summary) -> bool {
     params(
         ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
         ("after" = Option<i64>, Query, description = "A global log position, usually the `position` returned by your last command. The read first waits, at most 2 s, until the projections have handled the log up to it; if they have not by then, the read is answered anyway with `X-Projection-Stale: true`. Absent or `0`: no wait. Anything but a non-negative integer gives 400 with `field: after`.", minimum = 0, nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "The consultation.", body = crate::openapi::Consultation, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("X-Projection-Stale" = String, description = "`true` when the read was answered before the projections reached the position in `after` (the 2 s wait ran out): the answer may not yet reflect that write. Absent otherwise."))),
@@ -241,7 +241,7 @@ fn page_body(page: &consult_projections::Page, item: impl Fn(&Summary) -> Value)
         ("limit" = Option<i64>, Query, description = "Most items on the page, 1 to 200. Anything else gives 400 with `field: limit`.", minimum = 1, maximum = 200, nullable = false),
         ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page: this page starts after that page's last item. Opaque; send the other parameters unchanged. A cursor this server did not hand out gives 400 with `field: cursor`.", min_length = 1, nullable = false),
         ("after" = Option<i64>, Query, description = "A global log position, usually the `position` returned by your last command. The read first waits, at most 2 s, until the projections have handled the log up to it; if they have not by then, the read is answered anyway with `X-Projection-Stale: true`. Absent or `0`: no wait. Anything but a non-negative integer gives 400 with `field: after`.", minimum = 0, nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "A page of consultations.", body = crate::openapi::ConsultationPage, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("X-Projection-Stale" = String, description = "`true` when the read was answered before the projections reached the position in `after` (the 2 s wait ran out): the answer may not yet reflect that write. Absent otherwise."))),
@@ -308,7 +308,7 @@ pub async fn list(
         ("limit" = Option<i64>, Query, description = "Most items on the page, 1 to 200. Anything else gives 400 with `field: limit`.", minimum = 1, maximum = 200, nullable = false),
         ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page: this page starts after that page's last item. Opaque; send the other parameters unchanged. A cursor this server did not hand out gives 400 with `field: cursor`.", min_length = 1, nullable = false),
         ("after" = Option<i64>, Query, description = "A global log position, usually the `position` returned by your last command. The read first waits, at most 2 s, until the projections have handled the log up to it; if they have not by then, the read is answered anyway with `X-Projection-Stale: true`. Absent or `0`: no wait. Anything but a non-negative integer gives 400 with `field: after`.", minimum = 0, nullable = false),
-        ("X-Request-Id" = Option<String>, Header, description = "The client's id for this request, echoed in the response and logged when it is 1 to 128 letters, digits, `.`, `_`, `:`, `-`. Any other value is accepted and replaced, like an absent one, by a generated UUID.", nullable = false)
+        crate::openapi::RequestIdHeader
     ),
     responses(
         (status = 200, description = "A page of the schedule.", body = crate::openapi::Schedule, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("X-Projection-Stale" = String, description = "`true` when the read was answered before the projections reached the position in `after` (the 2 s wait ran out): the answer may not yet reflect that write. Absent otherwise."))),
