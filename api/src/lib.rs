@@ -8,6 +8,9 @@ mod command;
 mod error;
 mod extract;
 pub mod fhir;
+// Most of its types only describe JSON that handlers build: never constructed.
+#[allow(dead_code, clippy::enum_variant_names)]
+mod openapi;
 mod routes;
 mod server;
 
@@ -19,10 +22,13 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use consult_store::Store;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{Caller, Claims, Role, TokenError, TokenKey};
 pub use error::{ApiError, Problem};
@@ -138,45 +144,58 @@ impl std::fmt::Debug for TwilioWebhook {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Every route of the API, each registered with its OpenAPI description: the router and the
+/// document come from this one list.
+fn api_routes() -> OpenApiRouter<AppState> {
+    use routes::{
+        admin, audit, consultations as c, docs, health, media as m, notifications as n,
+        payments as pay, providers as p, reads,
+    };
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(admin::metrics))
+        .routes(routes!(p::register))
+        .routes(routes!(p::get))
+        .routes(routes!(reads::schedule))
+        .routes(routes!(c::book, reads::list))
+        .routes(routes!(reads::consultation))
+        .routes(routes!(c::accept))
+        .routes(routes!(c::decline))
+        .routes(routes!(c::reschedule))
+        .routes(routes!(c::cancel))
+        .routes(routes!(c::complete))
+        .routes(routes!(c::no_show))
+        .routes(routes!(n::list))
+        .routes(routes!(admin::subscriptions))
+        .routes(routes!(admin::rebuild))
+        .routes(routes!(n::dead_letters))
+        .routes(routes!(n::retry))
+        .routes(routes!(n::twilio_status))
+        .routes(routes!(docs::openapi))
+        .routes(routes!(docs::docs))
+        .routes(routes!(m::video_token))
+        .routes(routes!(m::voice_call))
+        .routes(routes!(m::call_status))
+        .routes(routes!(m::room_status))
+        .routes(routes!(m::voice_twiml))
+        .routes(routes!(pay::webhook))
+        .routes(routes!(pay::events))
+        .routes(routes!(audit::history))
+        .routes(routes!(audit::fhir))
+        .routes(routes!(audit::access_entries))
+}
+
+/// The API's OpenAPI 3.1 document, generated from `api_routes`; served at `/openapi.json`.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::finish(api_routes().into_openapi())
+}
+
 /// All routes, with the body limit, request ids and request logging.
 pub fn router(state: AppState) -> Router {
-    use routes::{
-        admin, audit, consultations as c, health, media as m, notifications as n, payments as pay,
-        providers as p, reads,
-    };
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/providers", post(p::register))
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/admin/subscriptions", get(admin::subscriptions))
-        .route("/v1/admin/dead-letters", get(n::dead_letters))
-        .route("/v1/admin/dead-letters/{id}/retry", post(n::retry))
-        .route("/v1/webhooks/twilio/messages", post(n::twilio_status))
-        .route("/v1/webhooks/payments", post(pay::webhook))
-        .route("/v1/admin/payment-events", get(pay::events))
-        .route("/v1/webhooks/twilio/calls", post(m::call_status))
-        .route("/v1/webhooks/twilio/rooms", post(m::room_status))
-        .route("/v1/webhooks/twilio/voice/{id}", post(m::voice_twiml))
-        .route("/v1/consultations/{id}/video-token", post(m::video_token))
-        .route("/v1/consultations/{id}/voice-call", post(m::voice_call))
-        .route("/v1/consultations/{id}/notifications", get(n::list))
-        .route("/v1/consultations/{id}/history", get(audit::history))
-        .route("/v1/consultations/{id}/fhir", get(audit::fhir))
-        .route("/v1/admin/access-log", get(audit::access_entries))
-        .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
-        .route("/v1/providers/{id}", get(p::get))
-        .route("/v1/providers/{id}/schedule", get(reads::schedule))
-        .route("/v1/consultations", post(c::book).get(reads::list))
-        .route("/v1/consultations/{id}", get(reads::consultation))
-        .route("/v1/consultations/{id}/accept", post(c::accept))
-        .route("/v1/consultations/{id}/decline", post(c::decline))
-        .route("/v1/consultations/{id}/reschedule", post(c::reschedule))
-        .route("/v1/consultations/{id}/cancel", post(c::cancel))
-        .route("/v1/consultations/{id}/complete", post(c::complete))
-        .route("/v1/consultations/{id}/no-show", post(c::no_show))
-        .route("/openapi.json", get(routes::docs::openapi))
-        .route("/docs", get(routes::docs::docs))
+    use routes::audit;
+    let (router, _) = api_routes().split_for_parts();
+    router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -76,6 +76,24 @@ fn view(status: &SubscriptionStatus, now_ms: i64) -> Value {
 }
 
 /// `GET /v1/admin/subscriptions` (admin): every subscription's checkpoint, owner and lag.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/subscriptions",
+    operation_id = "listSubscriptions",
+    tag = "admin",
+    summary = "Subscription status",
+    description = "Admin only. Every subscription, projections and reactors, with its checkpoint, lease, lag and failures, and the head of the global log.",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The subscriptions.", body = crate::openapi::Subscriptions, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn subscriptions(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,6 +112,26 @@ pub async fn subscriptions(
 /// it and replay the log from position 0. Answers 202 at once; progress shows on
 /// `GET /v1/admin/subscriptions`. Reads keep being served meanwhile, from the partly rebuilt
 /// model.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/projections/{name}/rebuild",
+    operation_id = "rebuildProjection",
+    tag = "admin",
+    summary = "Rebuild a projection",
+    description = "Admin only. Asks the process that owns the projection to empty its read model and replay the global log from position 0. Answers 202 at once; follow the rebuild on `GET /v1/admin/subscriptions` (`reset_requested`, then `replaying`, then `live`). Reads keep being served meanwhile: on PostgreSQL from the previous read model (complete but not updated until the replay has caught up and takes its place; reads with `after` answer `X-Projection-Stale: true`), on SQLite from the partly rebuilt one. Asking again while a rebuild runs starts it over. Takes no request body (any body is ignored) and no `Idempotency-Key`.",
+    params(
+        ("name" = crate::openapi::RebuildProjectionName, Path, description = "The projection's name. Currently the only projection is `consultations`; any other name (reactors included) gives 404."),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 202, description = "The rebuild was requested.", body = crate::openapi::RebuildAccepted, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn rebuild(
     State(state): State<AppState>,
     caller: Caller,
@@ -123,6 +161,24 @@ type Family = (
 /// `GET /metrics`: Prometheus text format. Subscription figures are read from the database,
 /// so any process reports every subscription. No personal data. With `METRICS_TOKEN` set, only
 /// `Authorization: Bearer <METRICS_TOKEN>` is answered (401 otherwise).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "No auth, unless the server sets `METRICS_TOKEN`: then only `Authorization: Bearer <METRICS_TOKEN>` is answered, anything else gets 401 `unauthorized`. Prometheus text exposition format 0.0.4 (`Content-Type: text/plain; version=0.0.4; charset=utf-8`). All gauges: `consult_log_head_position`, and per subscription (label `subscription`) `consult_subscription_position`, `consult_subscription_lag_events` (capped at 100000), `consult_subscription_lag_seconds` and `consult_subscription_failures`. Read from the database, so every process reports every subscription. No personal data.",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(()),
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,

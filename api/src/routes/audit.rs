@@ -136,6 +136,28 @@ pub async fn access_log(State(state): State<AppState>, request: Request, next: N
 /// actor, correlation and causation ids, payload and hashes; the state they produce; and the
 /// side effects they caused (notifications, calls, jobs). With `as_of`, only what was recorded
 /// up to that instant, and the state then.
+#[utoipa::path(
+    get,
+    path = "/v1/consultations/{id}/history",
+    operation_id = "consultationHistory",
+    tag = "audit",
+    summary = "A consultation's full history",
+    description = "Allowed: auditor, admin (patients and providers get 403). Every event in order with its sequence, global position, type, version, recorded time, actor, correlation and causation ids, payload and hashes; the state those events produce; and the side effects they caused. With `as_of`, only what was recorded up to that instant and the state then. Every read (and refusal) is in the access log.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("as_of" = Option<String>, Query, format = DateTime, nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The history.", body = crate::openapi::History, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadQuery),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -164,6 +186,27 @@ pub async fn history(
 
 /// `GET /v1/admin/access-log?consultation_id=&actor_id=` (auditor, admin): who read what,
 /// newest first, at most 500 entries.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/access-log",
+    operation_id = "accessLog",
+    tag = "audit",
+    summary = "Who read which consultation",
+    description = "Allowed: auditor, admin. Every read of a consultation, its history, its notifications and its FHIR export: who (id and role, `anonymous` without a valid token), what, when, the status answered and the request id. Newest first, at most 500.",
+    params(
+        ("consultation_id" = Option<String>, Query, nullable = false),
+        ("actor_id" = Option<String>, Query, nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The entries.", body = crate::openapi::AccessLog, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadQuery),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn access_entries(
     State(state): State<AppState>,
     caller: Caller,
@@ -194,6 +237,26 @@ pub async fn access_entries(
 
 /// `GET /v1/consultations/{id}/fhir` (its participants, admin, auditor): the consultation as a
 /// FHIR R4 `Appointment` (`application/fhir+json`), read from its own events.
+#[utoipa::path(
+    get,
+    path = "/v1/consultations/{id}/fhir",
+    operation_id = "consultationFhir",
+    tag = "audit",
+    summary = "The consultation as a FHIR R4 Appointment",
+    description = "Allowed: its patient and provider, admin, auditor. Status mapping: requested and accepted → `pending`, confirmed → `booked`, in progress → `arrived`, completed → `fulfilled`, cancelled, declined and expired → `cancelled` with a `cancelationReason` (appointment-cancellation-reason: `pat`, `prov` or `other`), no-show → `noshow` (with the party as `cancelationReason`). Participants `Patient/<id>` and `Practitioner/<id>` with their participation status; start and end; the meeting link as the extension `https://consult.example/fhir/StructureDefinition/meeting-link`. No contact details and no medical reason. Logged in the access log.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "An R4 Appointment.", body = Object, content_type = "application/fhir+json", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn fhir(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,6 +7,7 @@ use consult_domain::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
@@ -18,38 +19,56 @@ use crate::AppState;
 /// Longest free text we accept in a reason.
 const REASON_MAX_CHARS: usize = 2000;
 
-#[derive(Debug, Deserialize)]
+/// How to reach the patient: at least one of `phone` and `email`; `whatsapp` needs `phone`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct ContactRequest {
+    #[schema(value_type = Option<crate::openapi::PhoneNumber>, required = false)]
     phone: Option<String>,
+    #[schema(value_type = Option<crate::openapi::EmailAddress>, required = false)]
     email: Option<String>,
+    /// Opt in to WhatsApp messages on `phone`.
     #[serde(default)]
+    #[schema(default = false)]
     whatsapp: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct BookRequest {
+    #[schema(value_type = crate::openapi::Identifier)]
     provider_id: String,
+    /// Must be in the future and before 9000-01-01T00:00:00Z (422 otherwise); truncated to whole seconds. A leap second (`…23:59:60Z`) is read as the second after it.
+    #[schema(format = DateTime)]
     starts_at: String,
+    #[schema(value_type = crate::openapi::DurationMinutes)]
     duration_minutes: i64,
+    #[schema(value_type = crate::openapi::Mode)]
     mode: String,
+    #[schema(value_type = crate::openapi::TimeZoneName)]
     timezone: String,
     contact: ContactRequest,
+    #[schema(value_type = Option<crate::openapi::Reason>, required = false)]
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct ReasonRequest {
+    #[schema(value_type = crate::openapi::Reason)]
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RescheduleRequest {
+    /// The new start; must be in the future and before 9000-01-01T00:00:00Z (422 otherwise). Truncated to whole seconds; a leap second (`…23:59:60Z`) is read as the second after it.
+    #[schema(format = DateTime)]
     starts_at: String,
+    /// The new duration; the current one when absent or null.
+    #[schema(value_type = Option<crate::openapi::DurationMinutes>, required = false)]
     duration_minutes: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct NoShowRequest {
+    #[schema(value_type = crate::openapi::NoShowRequestParty, inline)]
     party: String,
 }
 
@@ -175,6 +194,30 @@ fn booking_id(caller: &Caller, idempotency_key: Option<&str>) -> Uuid {
 }
 
 /// `POST /v1/consultations` (patient).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations",
+    operation_id = "bookConsultation",
+    tag = "consultations",
+    summary = "Book a consultation",
+    description = "Patient only; the patient is the token's `sub`. Creates a consultation in status `requested` under a new UUID. 422 with `field: provider_id` when no provider is registered under that id. `If-Match` is not used: a malformed value is still refused with 422, a well-formed one is ignored.",
+    params(
+        crate::openapi::BookHeaders
+    ),
+    request_body(content = BookRequest, description = "What to book."),
+    responses(
+        (status = 201, description = "Booked (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Location" = String, description = "Path of the created resource."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn book(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,6 +355,31 @@ where
 }
 
 /// `POST /v1/consultations/{id}/accept` (its provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/accept",
+    operation_id = "acceptConsultation",
+    tag = "consultations",
+    summary = "Accept a requested consultation",
+    description = "The provider accepts the request.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version. This command takes no request body; any body sent is ignored (it still counts towards the 64 KiB limit and the Idempotency-Key fingerprint).",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn accept(
     State(state): State<AppState>,
     caller: Caller,
@@ -326,6 +394,32 @@ pub async fn accept(
 }
 
 /// `POST /v1/consultations/{id}/decline` (its provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/decline",
+    operation_id = "declineConsultation",
+    tag = "consultations",
+    summary = "Decline a requested consultation",
+    description = "The provider declines the request, giving a reason.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    request_body(content = ReasonRequest, description = "Why the request is declined."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn decline(
     State(state): State<AppState>,
     caller: Caller,
@@ -352,6 +446,32 @@ pub async fn decline(
 }
 
 /// `POST /v1/consultations/{id}/reschedule` (its patient or provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/reschedule",
+    operation_id = "rescheduleConsultation",
+    tag = "consultations",
+    summary = "Reschedule a consultation",
+    description = "Moves an open consultation to a new start, optionally with a new duration.\n\nAllowed: its patient or its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    request_body(content = RescheduleRequest, description = "The new start and, optionally, duration."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn reschedule(
     State(state): State<AppState>,
     caller: Caller,
@@ -382,6 +502,32 @@ pub async fn reschedule(
 }
 
 /// `POST /v1/consultations/{id}/cancel` (its patient, its provider, admin).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/cancel",
+    operation_id = "cancelConsultation",
+    tag = "consultations",
+    summary = "Cancel a consultation",
+    description = "Cancels an open consultation, giving a reason.\n\nAllowed: its patient, its provider, or an admin. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    request_body(content = ReasonRequest, description = "Why the consultation is cancelled."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -410,6 +556,31 @@ pub async fn cancel(
 }
 
 /// `POST /v1/consultations/{id}/complete` (its provider).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/complete",
+    operation_id = "completeConsultation",
+    tag = "consultations",
+    summary = "Complete a consultation",
+    description = "The provider marks the consultation as held.\n\nAllowed: its provider. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version. This command takes no request body; any body sent is ignored (it still counts towards the 64 KiB limit and the Idempotency-Key fingerprint).",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     caller: Caller,
@@ -424,6 +595,32 @@ pub async fn complete(
 }
 
 /// `POST /v1/consultations/{id}/no-show` (its provider, admin).
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/no-show",
+    operation_id = "recordNoShow",
+    tag = "consultations",
+    summary = "Record a no-show",
+    description = "Records that the patient or the provider did not show up.\n\nAllowed: its provider, or an admin. Commands are idempotent under `Idempotency-Key`; `If-Match` makes the command conditional on the consultation's current version.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    request_body(content = NoShowRequest, description = "Who did not show up."),
+    responses(
+        (status = 200, description = "The command was accepted (or replayed under its Idempotency-Key).", body = crate::openapi::CommandResult, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn no_show(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,7 +1,7 @@
 //! The API's own description: the OpenAPI 3.1 document and a small page that lists it.
 //!
-//! The document is written by hand in `openapi.json`; the test below keeps it in step with
-//! the router.
+//! The document is generated from the router (`crate::api_routes`): each route is registered
+//! with its `#[utoipa::path]` description, so the two cannot drift apart.
 
 use std::sync::LazyLock;
 
@@ -11,26 +11,54 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-/// The OpenAPI 3.1 document, embedded at build time.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+/// The OpenAPI 3.1 document, generated from the router on first use.
+static OPENAPI_JSON: LazyLock<String> = LazyLock::new(|| crate::openapi_document().to_string());
 
 /// The API's description holds no personal data: caches may keep it a few minutes.
 const CACHEABLE: &str = "public, max-age=300";
 
 /// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "getOpenApi",
+    tag = "documentation",
+    summary = "This OpenAPI document",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document.", body = Object, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID.")))
+    ),
+    security(()),
+)]
 pub async fn openapi() -> impl IntoResponse {
     (
         [
             (CONTENT_TYPE, "application/json"),
             (CACHE_CONTROL, CACHEABLE),
         ],
-        OPENAPI_JSON,
+        OPENAPI_JSON.as_str(),
     )
 }
 
 /// `GET /docs`: a self-contained page (no external scripts) that renders `/openapi.json`. Its
 /// Content-Security-Policy allows only its own inline script and style (by hash), fetching
 /// from this origin, and no framing.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    operation_id = "getDocs",
+    tag = "documentation",
+    summary = "A page listing the operations of this document",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "A self-contained HTML page that loads `/openapi.json`.", body = String, content_type = "text/html", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID.")))
+    ),
+    security(()),
+)]
 pub async fn docs() -> impl IntoResponse {
     (
         [
@@ -152,49 +180,12 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// Every route in `crate::router`, by method and path template.
-    const ROUTES: &[(&str, &str)] = &[
-        ("get", "/healthz"),
-        ("get", "/readyz"),
-        ("get", "/metrics"),
-        ("get", "/v1/admin/subscriptions"),
-        ("post", "/v1/admin/projections/{name}/rebuild"),
-        ("get", "/v1/admin/dead-letters"),
-        ("post", "/v1/admin/dead-letters/{id}/retry"),
-        ("post", "/v1/webhooks/twilio/messages"),
-        ("post", "/v1/webhooks/payments"),
-        ("get", "/v1/admin/payment-events"),
-        ("post", "/v1/webhooks/twilio/calls"),
-        ("post", "/v1/webhooks/twilio/rooms"),
-        ("post", "/v1/webhooks/twilio/voice/{id}"),
-        ("post", "/v1/consultations/{id}/video-token"),
-        ("post", "/v1/consultations/{id}/voice-call"),
-        ("get", "/v1/consultations/{id}/notifications"),
-        ("get", "/v1/consultations/{id}/history"),
-        ("get", "/v1/consultations/{id}/fhir"),
-        ("get", "/v1/admin/access-log"),
-        ("post", "/v1/providers"),
-        ("get", "/v1/providers/{id}"),
-        ("get", "/v1/providers/{id}/schedule"),
-        ("post", "/v1/consultations"),
-        ("get", "/v1/consultations"),
-        ("get", "/v1/consultations/{id}"),
-        ("post", "/v1/consultations/{id}/accept"),
-        ("post", "/v1/consultations/{id}/decline"),
-        ("post", "/v1/consultations/{id}/reschedule"),
-        ("post", "/v1/consultations/{id}/cancel"),
-        ("post", "/v1/consultations/{id}/complete"),
-        ("post", "/v1/consultations/{id}/no-show"),
-        ("get", "/openapi.json"),
-        ("get", "/docs"),
-    ];
-
     const METHODS: &[&str] = &[
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
     ];
 
     fn document() -> Value {
-        serde_json::from_str(OPENAPI_JSON).expect("openapi.json is valid JSON")
+        crate::openapi_document()
     }
 
     /// Every `(method, path, operation)` in the document.
@@ -218,29 +209,26 @@ mod tests {
         assert!(version.starts_with("3.1"), "openapi is {version:?}");
     }
 
+    /// The document is generated from the router's route list (`crate::api_routes`), so it
+    /// names every route; the API tests check against the running server that every
+    /// documented operation is routed and no undocumented method is. Here: no operation is
+    /// described twice, and each has its own `operationId`.
     #[test]
-    fn the_document_describes_exactly_the_routes_of_the_router() {
-        let doc = document();
-        let documented: Vec<(String, String)> = operations(&doc)
-            .into_iter()
-            .map(|(method, path, _)| (method, path))
+    fn each_operation_is_described_once_with_its_own_id() {
+        let ops = operations(&document());
+        assert!(!ops.is_empty(), "the document describes no operation");
+        let mut ids: Vec<&str> = ops
+            .iter()
+            .map(|(method, path, op)| {
+                op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} has no operationId"))
+            })
             .collect();
-        for (method, path) in ROUTES {
-            assert!(
-                documented
-                    .iter()
-                    .any(|(m, p)| m.as_str() == *method && p.as_str() == *path),
-                "{method} {path} is routed but not documented"
-            );
-        }
-        for (method, path) in &documented {
-            assert!(
-                ROUTES
-                    .iter()
-                    .any(|(m, p)| *m == method.as_str() && *p == path.as_str()),
-                "{method} {path} is documented but not in the test's list of routes"
-            );
-        }
+        ids.sort_unstable();
+        let count = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operationIds repeat");
     }
 
     #[test]

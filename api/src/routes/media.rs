@@ -97,6 +97,28 @@ fn check_window(
 /// consultation's room, from `join_before` ahead of the start to `grace` after the end. The
 /// token's identity is the caller's id; it lives at most `token_ttl` and never past the end of
 /// the window.
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/video-token",
+    operation_id = "issueVideoToken",
+    tag = "consultations",
+    summary = "Get an access token for the consultation's video room",
+    description = "Allowed: the consultation's patient and provider only (admins and auditors get 403). The consultation must be a confirmed (or in-progress) video consultation, the time between `VIDEO_JOIN_BEFORE` (15 min) before its start and `VIDEO_GRACE` (30 min) after its end, and its room created (rooms are created by a worker once the consultation is confirmed; with Twilio, 20 minutes before the start). The token's identity is the caller's id; it lives at most `VIDEO_TOKEN_TTL` (1 h) and never past the end plus grace. Each call mints a new token; no body is read. 503 `not_configured` when no video provider that can mint tokens is configured.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "A token for the caller.", body = crate::openapi::VideoToken, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn video_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -159,6 +181,30 @@ pub async fn video_token(
 /// and, once answered, connects them to the other participant. Answers 202 with the call's id;
 /// the call itself is placed by a worker, and its progress is recorded from the provider's
 /// callbacks.
+#[utoipa::path(
+    post,
+    path = "/v1/consultations/{id}/voice-call",
+    operation_id = "requestVoiceCall",
+    tag = "consultations",
+    summary = "Be connected to the other participant by phone",
+    description = "Allowed: the consultation's patient and provider. Records CallRequested; a worker then rings the caller's phone (the booking's phone for the patient, the directory's for the provider) from our number, and once answered connects them to the other participant's real number. The consultation must be a confirmed (or in-progress) voice consultation within its joining window (see video-token). Idempotent under `Idempotency-Key`; no body is read. 503 `not_configured` when voice calls are not configured (Twilio account and `TWILIO_PHONE_NUMBER`).",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::CommandHeaders
+    ),
+    responses(
+        (status = 202, description = "The call is queued.", body = crate::openapi::CallRequested, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn voice_call(
     State(state): State<AppState>,
     caller: Caller,
@@ -362,6 +408,30 @@ const FINAL_CALL_STATUSES: [&str; 5] = ["completed", "busy", "failed", "no-answe
 /// row only moves forward (by `SequenceNumber`); `in-progress` records CallStarted, a final
 /// status of an answered call records CallEnded with its duration (and CallStarted first if
 /// that callback was lost or is late).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/twilio/calls",
+    operation_id = "twilioCallStatus",
+    tag = "webhooks",
+    summary = "Twilio call status callback",
+    description = "The `StatusCallback` of the calls the server places (with `StatusCallbackEvent` initiated, ringing, answered, completed). Called by Twilio, not by clients. No bearer token: `X-Twilio-Signature` must match `PUBLIC_BASE_URL` + this path and query and the sorted form parameters; otherwise 403 `forbidden` and nothing is recorded. A signed request with a NUL character in a form or query parameter gives 400 `validation_failed`. Callbacks may repeat or arrive out of order: each fact is recorded once.",
+    params(
+        ("consultation_id" = Option<String>, Query, description = "Set by the server in the callback URL.", nullable = false),
+        ("call_id" = Option<String>, Query, description = "Set by the server in the callback URL.", nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    request_body(content = crate::openapi::TwilioCallStatus, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 204, description = "Handled, or ignored (a repeat, an older callback, an event that records nothing, an unknown call).", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::BadSignature),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(("twilioSignature" = [])),
+)]
 pub async fn call_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
@@ -454,6 +524,29 @@ pub async fn call_status(
 /// `POST /v1/webhooks/twilio/rooms?consultation_id=…`: room and participant events. A
 /// participant joining the consultation's room records CallStarted (once); the room ending
 /// records CallEnded (if the call started) and RoomEnded.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/twilio/rooms",
+    operation_id = "twilioRoomStatus",
+    tag = "webhooks",
+    summary = "Twilio Video room status callback",
+    description = "The `StatusCallback` of the rooms the server creates. Called by Twilio, not by clients. No bearer token: `X-Twilio-Signature` must match `PUBLIC_BASE_URL` + this path and query and the sorted form parameters; otherwise 403 `forbidden` and nothing is recorded. A signed request with a NUL character in a form or query parameter gives 400 `validation_failed`. Callbacks may repeat or arrive out of order: each fact is recorded once.",
+    params(
+        ("consultation_id" = Option<String>, Query, description = "Set by the server in the callback URL.", nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    request_body(content = crate::openapi::TwilioRoomStatus, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 204, description = "Handled, or ignored (a repeat, an older callback, an event that records nothing, an unknown call).", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::BadSignature),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(("twilioSignature" = [])),
+)]
 pub async fn room_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
@@ -560,6 +653,31 @@ fn say_and_hang_up(message: &str) -> Response {
 /// `POST /v1/webhooks/twilio/voice/{id}?caller=patient|provider`: the TwiML for a call we
 /// placed to one participant: dial the other participant's real number (the patient's from
 /// the booking, the provider's from the provider directory), showing our number.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/twilio/voice/{id}",
+    operation_id = "twilioVoiceTwiml",
+    tag = "webhooks",
+    summary = "TwiML for a call the server placed",
+    description = "Twilio fetches it when the participant who asked for a call answers: it dials the other participant's real number (the provider's from the provider directory, the patient's from the booking), showing our number. Called by Twilio, not by clients. No bearer token: `X-Twilio-Signature` must match `PUBLIC_BASE_URL` + this path and query and the sorted form parameters; otherwise 403 `forbidden` and nothing is recorded. A signed request with a NUL character in a form or query parameter gives 400 `validation_failed`.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("caller" = Option<String>, Query, description = "`patient` or `provider`: who was rung. Set by the server.", nullable = false),
+        ("call_id" = Option<String>, Query, description = "Set by the server.", nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    request_body(content = Object, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "TwiML: `<Response><Say>…</Say><Dial callerId=\"our number\"><Number>the other participant's number</Number></Dial></Response>`, or a `<Say>` and `<Hangup/>` when the consultation cannot be connected now.", body = String, content_type = "text/xml", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::BadSignature),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(("twilioSignature" = [])),
+)]
 pub async fn voice_twiml(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,

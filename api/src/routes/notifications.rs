@@ -23,6 +23,26 @@ fn instant(ms: Option<i64>) -> Value {
 
 /// `GET /v1/consultations/{id}/notifications` (its participants, admin, auditor): every
 /// notification of the consultation with its outcome. Recipients are masked.
+#[utoipa::path(
+    get,
+    path = "/v1/consultations/{id}/notifications",
+    operation_id = "listConsultationNotifications",
+    tag = "notifications",
+    summary = "A consultation's notification log",
+    description = "Its patient, its provider, admins and auditors. Every notification queued about the consultation (new request, acceptance, reminders, …), to whom, through which channel and with what outcome: pending, sent, delivered (as Twilio reports it), failed or dead. Recipients are masked; message texts are not shown. Authorized against the consultation's own event stream, not the `consultations` read model, so it never waits for a projection and takes no `after`: a 404 means there is no such consultation, a 403 that it is not the caller's. Takes no query parameters (any are ignored).",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The notification log.", body = crate::openapi::NotificationLog, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,6 +99,24 @@ fn dead_letter(job: &jobs::Job) -> Value {
 
 /// `GET /v1/admin/dead-letters` (admin): jobs that ran out of attempts, newest first, with the
 /// last error. Job payloads (which hold contact details) are not shown.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/dead-letters",
+    operation_id = "listDeadLetters",
+    tag = "admin",
+    summary = "Dead letters",
+    description = "Admin only. Jobs that ran out of attempts (or failed permanently) and are no longer retried: notifications (`notify`), reminder timers and deadline timers, newest first, at most 500, with their last error. Job payloads, which hold contact details, are never shown; a `notify` job's notification is in its consultation's notification log under the same id. Re-queue one with `POST /v1/admin/dead-letters/{id}/retry`. Takes no query parameters (any are ignored).",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The dead letters.", body = crate::openapi::DeadLetterList, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn dead_letters(
     State(state): State<AppState>,
     caller: Caller,
@@ -92,6 +130,26 @@ pub async fn dead_letters(
 
 /// `POST /v1/admin/dead-letters/{id}/retry` (admin): queues a dead job again, due now, with a
 /// fresh set of attempts.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/dead-letters/{id}/retry",
+    operation_id = "retryDeadLetter",
+    tag = "admin",
+    summary = "Retry a dead letter",
+    description = "Admin only. Puts a dead job back in the queue, due at once, with a fresh set of attempts; for a `notify` job its notification goes back to `pending` (its `last_error` cleared). Answers 202 as soon as it is queued; follow a notification in its consultation's notification log. 404 `not_found` when no dead job has this id, which includes one already re-queued. Takes no request body (any body is ignored) and no `Idempotency-Key`.",
+    params(
+        ("id" = String, Path, description = "The dead letter's id: the `id` of an item of `GET /v1/admin/dead-letters`. An id that is not that of a dead job gives 404."),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 202, description = "The job was re-queued.", body = crate::openapi::DeadLetterRequeued, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
@@ -123,6 +181,28 @@ fn log_status(twilio: &str) -> Option<&'static str> {
 /// `X-Twilio-Signature` must match `PUBLIC_BASE_URL` + the path and the form parameters;
 /// otherwise 403 and nothing changes. A final status (delivered, failed) is never replaced by
 /// a later, out-of-order intermediate one.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/twilio/messages",
+    operation_id = "twilioMessageStatus",
+    tag = "webhooks",
+    summary = "Twilio message status callback",
+    description = "Called by Twilio, not by clients: the `StatusCallback` of every SMS and WhatsApp message the server sends, which points here (`PUBLIC_BASE_URL` + this path). No bearer token: the request must carry a valid `X-Twilio-Signature`; when it is missing or wrong, or Twilio is not configured, the answer is 403 `forbidden` and nothing changes. A signed request with a NUL character in a form or query parameter gives 400 `validation_failed`. The notification whose `provider_message_id` is `MessageSid` (or `SmsSid`) takes the status `MessageStatus` (or `SmsStatus`) maps to: `sent` → `sent`, `delivered` and `read` → `delivered`, `undelivered`, `failed` and `canceled` → `failed`; other statuses change nothing. A final status (`delivered`, `failed`) is never replaced by a later, out-of-order one. 204 for every signed callback that names a message and a status, including intermediate statuses and messages this server does not know, so that Twilio does not retry them; 422 `validation_failed` (`field: MessageSid`) when either is missing.",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    request_body(content = crate::openapi::TwilioMessageStatus, description = "Twilio's status callback form.", content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 204, description = "Handled (or ignored: an intermediate status, an unknown message, a status older than the one recorded).", headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 403, response = crate::openapi::BadSignature),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(("twilioSignature" = [])),
+)]
 pub async fn twilio_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,

@@ -18,6 +18,7 @@ use consult_domain::{Consultation, ConsultationCommand, ConsultationError};
 use consult_store::{error_chain, ExecuteError, Metadata, PaymentEventClaim};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
@@ -29,16 +30,21 @@ use crate::AppState;
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(5);
 
 /// The fields of a provider event this engine reads.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = PaymentProviderEvent)]
 struct ProviderEvent {
+    #[schema(examples("evt_1QkatTest0001"))]
     id: String,
     #[serde(rename = "type")]
+    #[schema(examples("payment_intent.succeeded"))]
     kind: String,
+    #[schema(inline)]
     data: EventData,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct EventData {
+    #[schema(value_type = Object)]
     object: Value,
 }
 
@@ -92,6 +98,28 @@ fn bad_request(field: &str, message: &str) -> ApiError {
 }
 
 /// `POST /v1/webhooks/payments`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/payments",
+    operation_id = "paymentWebhook",
+    tag = "webhooks",
+    summary = "Payment provider webhook",
+    description = "Called by the payment provider, not by clients. No bearer token: `Stripe-Signature` (`t=…,v1=…`, any `v1` may match) must be the HMAC-SHA256 of `t` + `.` + the raw body under `PAYMENT_WEBHOOK_SECRET` (the whole `whsec_…` string), and `t` at most `PAYMENT_WEBHOOK_TOLERANCE` (300 s) old; otherwise 400 `bad_signature` and nothing changes. `payment_intent.succeeded` → PaymentConfirmed (or PaymentFlagged when amount or currency is not the price); `payment_intent.payment_failed` → PaymentFailed; `charge.refunded` → Refunded. The consultation is `data.object.metadata.consultation_id`; an unknown one, or another event type, is acknowledged and recorded as ignored. Each provider event id is processed once (a primary key claims it): a repeat, also ten copies at once, answers 200 with `duplicate: true` and changes nothing. 503 `not_configured` without a secret.",
+    params(
+        crate::openapi::RequestIdHeader
+    ),
+    request_body(content = ProviderEvent),
+    responses(
+        (status = 200, description = "Processed, or a repeat of one processed already.", body = crate::openapi::PaymentEventAck, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+    security(("stripeSignature" = [])),
+)]
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -329,6 +357,27 @@ async fn process(
 /// `GET /v1/admin/payment-events?outcome=&consultation_id=` (admin, auditor): what the
 /// payment webhook received and what became of it, newest first (at most 500). `flagged` and
 /// `refused` are the ones an admin must look at.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/payment-events",
+    operation_id = "listPaymentEvents",
+    tag = "admin",
+    summary = "What the payment webhook received",
+    description = "Allowed: admin, auditor. Newest first, at most 500. `outcome=flagged` (amount or currency not the price) and `outcome=refused` (the consultation's state refused it, e.g. a payment for a cancelled consultation) need an admin's attention.",
+    params(
+        ("outcome" = Option<crate::openapi::ListPaymentEventsOutcome>, Query, nullable = false),
+        ("consultation_id" = Option<String>, Query, nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The events.", body = crate::openapi::PaymentEventList, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 400, response = crate::openapi::BadQuery),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,

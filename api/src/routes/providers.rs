@@ -7,6 +7,7 @@ use consult_domain::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::auth::{Caller, Role};
 use crate::command::{idempotent, metadata, Reply};
@@ -14,13 +15,22 @@ use crate::error::ApiError;
 use crate::extract::{parse_json, CommandContext, PathParam, RawBody};
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = RegisterProviderRequest)]
 struct RegisterRequest {
+    #[schema(value_type = crate::openapi::Identifier)]
     id: String,
+    /// 1 to 200 characters after trimming, no control characters other than line breaks and tabs.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    #[schema(value_type = crate::openapi::PhoneNumber)]
     phone: String,
+    #[schema(value_type = crate::openapi::EmailAddress)]
     email: String,
+    #[schema(value_type = crate::openapi::TimeZoneName)]
     timezone: String,
+    /// The consultation fee; each booking records it as its price, and a payment must match it exactly to confirm.
+    #[schema(value_type = crate::openapi::Money)]
     fee: FeeRequest,
 }
 
@@ -74,6 +84,30 @@ fn view(profile: &ProviderProfile, full: bool) -> Value {
 }
 
 /// `POST /v1/providers` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/providers",
+    operation_id = "registerProvider",
+    tag = "providers",
+    summary = "Register a provider",
+    description = "Admin only. Registers a clinician under an id chosen by the admin. 409 `already_exists` when the id is taken.",
+    params(
+        crate::openapi::CommandHeaders
+    ),
+    request_body(content = RegisterRequest, description = "The provider's profile."),
+    responses(
+        (status = 201, description = "Registered (or replayed under its Idempotency-Key).", body = crate::openapi::ProviderRegistered, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("Location" = String, description = "Path of the created resource."), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 412, response = crate::openapi::PreconditionFailed),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::UnprocessableEntity),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,6 +152,25 @@ pub async fn register(
 
 /// `GET /v1/providers/{id}`: contact details for admins, auditors and the provider itself;
 /// name and time zone for everyone signed in.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/{id}",
+    operation_id = "getProvider",
+    tag = "providers",
+    summary = "Get a provider",
+    description = "Any signed-in caller. `phone` and `email` are included only for admins, auditors and the provider itself; others get `id`, `name` and `timezone`.",
+    params(
+        ("id" = crate::openapi::Identifier, Path, description = "The provider's id. Anything that is not a valid provider id gives 404."),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The provider.", body = crate::openapi::Provider, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,

@@ -132,6 +132,28 @@ fn may_read(caller: &Caller, summary: &Summary) -> bool {
 }
 
 /// `GET /v1/consultations/{id}` (its participants, admin, auditor).
+#[utoipa::path(
+    get,
+    path = "/v1/consultations/{id}",
+    operation_id = "getConsultation",
+    tag = "consultations",
+    summary = "Get a consultation",
+    description = "Its patient, its provider, admins and auditors. Served from the `consultations` read model: pass `after` (the `position` of your last command) to read your own write. When the read model has not reached `after` within 2 s the answer carries `X-Projection-Stale: true`; that goes for a 403 or 404 decided on the read model too, so a stale 404 may only mean the consultation has not been projected yet. `after` is the only query parameter; any other, or a repeated one, gives 400 `validation_failed`.",
+    params(
+        ("id" = String, Path, description = "The consultation's id. Anything that is not a UUID gives 404.", format = Uuid),
+        ("after" = Option<i64>, Query, description = "A global log position, usually the `position` returned by your last command. The read first waits, at most 2 s, until the projections have handled the log up to it; if they have not by then, the read is answered anyway with `X-Projection-Stale: true`. Absent or `0`: no wait. Anything but a non-negative integer gives 400 with `field: after`.", minimum = 0, nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "The consultation.", body = crate::openapi::Consultation, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("X-Projection-Stale" = String, description = "`true` when the read was answered before the projections reached the position in `after` (the 2 s wait ran out): the answer may not yet reflect that write. Absent otherwise."))),
+        (status = 400, response = crate::openapi::BadQuery),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn consultation(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,6 +225,33 @@ fn page_body(page: &consult_projections::Page, item: impl Fn(&Summary) -> Value)
 
 /// `GET /v1/consultations?provider_id=&patient_id=&status=&from=&to=&limit=&cursor=&after=`:
 /// in start order; patients and providers see their own, admins and auditors all.
+#[utoipa::path(
+    get,
+    path = "/v1/consultations",
+    operation_id = "listConsultations",
+    tag = "consultations",
+    summary = "List consultations",
+    description = "Any role. Patients see only the consultations they are the patient of, providers only those they are the provider of: their own id is applied as `patient_id` (`provider_id`), and asking for another's gives 403 `forbidden`. Admins and auditors see all. Every given filter narrows the list. Served from the `consultations` read model (see `after`), ordered by `starts_at`, then `id`; items leave out `reason`. Unknown or repeated query parameters give 400 `validation_failed`.",
+    params(
+        ("provider_id" = Option<String>, Query, description = "Only this provider's consultations. A provider may name only themself (403 otherwise).", nullable = false),
+        ("patient_id" = Option<String>, Query, description = "Only this patient's consultations. A patient may name only themself (403 otherwise).", nullable = false),
+        ("status" = Option<Vec<crate::openapi::ListConsultationsStatus>>, Query, description = "Comma-separated statuses, e.g. `accepted,confirmed`: consultations in any of them. Absent: any status. An unknown status gives 400 with `field: status`.", min_items = 1, explode = false, style = Form, nullable = false),
+        ("from" = Option<String>, Query, description = "Only consultations with `starts_at` at or after this instant. RFC 3339 with an offset, e.g. `2030-01-31T14:00:00Z` (percent-encode a `+` offset as `%2B`); anything else gives 400 with `field: from`.", format = DateTime, nullable = false),
+        ("to" = Option<String>, Query, description = "Only consultations with `starts_at` before this instant; must be after `from` when both are given (400 with `field: to` otherwise). RFC 3339 with an offset, e.g. `2030-01-31T14:00:00Z` (percent-encode a `+` offset as `%2B`); anything else gives 400 with `field: to`.", format = DateTime, nullable = false),
+        ("limit" = Option<i64>, Query, description = "Most items on the page, 1 to 200. Anything else gives 400 with `field: limit`.", minimum = 1, maximum = 200, nullable = false),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page: this page starts after that page's last item. Opaque; send the other parameters unchanged. A cursor this server did not hand out gives 400 with `field: cursor`.", min_length = 1, nullable = false),
+        ("after" = Option<i64>, Query, description = "A global log position, usually the `position` returned by your last command. The read first waits, at most 2 s, until the projections have handled the log up to it; if they have not by then, the read is answered anyway with `X-Projection-Stale: true`. Absent or `0`: no wait. Anything but a non-negative integer gives 400 with `field: after`.", minimum = 0, nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "A page of consultations.", body = crate::openapi::ConsultationPage, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("X-Projection-Stale" = String, description = "`true` when the read was answered before the projections reached the position in `after` (the 2 s wait ran out): the answer may not yet reflect that write. Absent otherwise."))),
+        (status = 400, response = crate::openapi::BadQuery),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -245,6 +294,32 @@ pub async fn list(
 /// `GET /v1/providers/{id}/schedule?from=&to=&limit=&cursor=&after=` (the provider itself,
 /// admin): what occupies the provider's time in the range (default the next 7 days, at most
 /// 92), cancelled, declined and expired consultations left out.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/{id}/schedule",
+    operation_id = "getProviderSchedule",
+    tag = "providers",
+    summary = "A provider's schedule",
+    description = "The provider itself or an admin; anyone else, auditors included, gets 403. What occupies the provider's time in the range from `from` to `to`: every consultation with `starts_at < to` and `ends_at > from`, so one that straddles an edge is included. Declined, cancelled and expired consultations are left out. 404 when no provider is registered under the id. Served from the `consultations` read model (see `after`), ordered by `starts_at`, then `consultation_id`. Unknown or repeated query parameters give 400 `validation_failed`.",
+    params(
+        ("id" = crate::openapi::Identifier, Path, description = "The provider's id. Anything that is not a valid provider id gives 404."),
+        ("from" = Option<String>, Query, description = "Start of the range. Default: the time of the request. RFC 3339 with an offset, e.g. `2030-01-31T14:00:00Z` (percent-encode a `+` offset as `%2B`); anything else gives 400 with `field: from`.", format = DateTime, nullable = false),
+        ("to" = Option<String>, Query, description = "End of the range, exclusive. Default: `from` plus 7 days. Must be after `from` and at most 92 days after it (400 with `field: to` otherwise). RFC 3339 with an offset, e.g. `2030-01-31T14:00:00Z` (percent-encode a `+` offset as `%2B`); anything else gives 400 with `field: to`.", format = DateTime, nullable = false),
+        ("limit" = Option<i64>, Query, description = "Most items on the page, 1 to 200. Anything else gives 400 with `field: limit`.", minimum = 1, maximum = 200, nullable = false),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page: this page starts after that page's last item. Opaque; send the other parameters unchanged. A cursor this server did not hand out gives 400 with `field: cursor`.", min_length = 1, nullable = false),
+        ("after" = Option<i64>, Query, description = "A global log position, usually the `position` returned by your last command. The read first waits, at most 2 s, until the projections have handled the log up to it; if they have not by then, the read is answered anyway with `X-Projection-Stale: true`. Absent or `0`: no wait. Anything but a non-negative integer gives 400 with `field: after`.", minimum = 0, nullable = false),
+        crate::openapi::RequestIdHeader
+    ),
+    responses(
+        (status = 200, description = "A page of the schedule.", body = crate::openapi::Schedule, headers(("X-Request-Id" = String, description = "The request's id: the client's `X-Request-Id` or a generated UUID."), ("X-Projection-Stale" = String, description = "`true` when the read was answered before the projections reached the position in `after` (the 2 s wait ran out): the answer may not yet reflect that write. Absent otherwise."))),
+        (status = 400, response = crate::openapi::BadQuery),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::InternalError),
+        (status = 503, response = crate::openapi::ServiceUnavailable)
+    ),
+)]
 pub async fn schedule(
     State(state): State<AppState>,
     caller: Caller,

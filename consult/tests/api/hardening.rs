@@ -291,6 +291,83 @@ async fn responses_are_not_stored_or_sniffed_and_docs_have_a_policy(backend: Bac
     }
 }
 
+/// The served `/openapi.json` and the router agree: every documented operation is routed (it
+/// is answered by its handler, not by the fallback's 404 or the 405 for other methods), and
+/// on a documented path every method the document does not name answers 405. The document is
+/// generated from the router's own route list, so this holds by construction; the test keeps
+/// it that way (a route added outside that list, or a description without its route, fails).
+async fn the_router_answers_exactly_the_operations_of_its_document(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    let document = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .expect("GET /openapi.json");
+    assert_eq!(document.status(), StatusCode::OK);
+    assert_eq!(header(&document, "content-type"), "application/json");
+    assert_eq!(header(&document, "cache-control"), "public, max-age=300");
+    let document: Value = document.json().await.expect("a JSON document");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        document["openapi"]
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    let methods = [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::POST,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ];
+    let mut operations = 0;
+    for (template, item) in paths {
+        let path = template
+            .replace("{id}", "00000000-0000-4000-8000-000000000000")
+            .replace("{name}", "consultations");
+        let path = if template.starts_with("/v1/providers/{id}") {
+            template.replace("{id}", "prov-1")
+        } else {
+            path
+        };
+        for method in &methods {
+            let documented = item.get(method.as_str().to_lowercase()).is_some();
+            let response = app
+                .client
+                .request(method.clone(), format!("{}{path}", app.address))
+                .send()
+                .await
+                .expect("a response");
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if documented {
+                operations += 1;
+                assert_ne!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template} is documented but not routed"
+                );
+                assert!(
+                    !(status == StatusCode::NOT_FOUND && body.contains("no such resource")),
+                    "{method} {template} is documented but not routed"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template} is routed but not documented"
+                );
+            }
+        }
+    }
+    assert!(operations >= 33, "only {operations} operations documented");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bearer tokens, /metrics, voice calls
 // ---------------------------------------------------------------------------------------------
@@ -888,6 +965,7 @@ async fn other_systems_env_settings_deliver_on_every_channel() {
 
 on_both_backends!(
     responses_are_not_stored_or_sniffed_and_docs_have_a_policy,
+    the_router_answers_exactly_the_operations_of_its_document,
     the_scheme_is_case_insensitive_and_long_lived_tokens_are_refused,
     metrics_can_require_a_token,
     voice_call_checks_the_caller_before_saying_it_is_not_configured,
