@@ -236,10 +236,11 @@ pub async fn cancel_timers_of(
         Tx::Sqlite(conn) => {
             const SQL: &str = "UPDATE jobs SET status = 'cancelled', updated_at_ms = $2, \
                                       finished_at_ms = $2 \
-                                WHERE status = 'pending' AND EXISTS \
-                                      (SELECT 1 FROM json_each($1) AS c \
-                                        WHERE json_extract(c.value, '$[0]') = jobs.consultation_id \
-                                          AND json_extract(c.value, '$[1]') = jobs.kind)";
+                                WHERE status = 'pending' \
+                                  AND (consultation_id, kind) IN \
+                                      (SELECT json_extract(value, '$[0]'), \
+                                              json_extract(value, '$[1]') \
+                                         FROM json_each($1))";
             let pairs: Vec<[&str; 2]> = ids.iter().zip(&kinds).map(|(i, k)| [*i, *k]).collect();
             sqlx::query(SQL)
                 .bind(json!(pairs).to_string())
